@@ -1,0 +1,50 @@
+# Thin targets; everything a fresh Debian machine needs is installed from here.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+
+.PHONY: install realparts run test lint format bench stack-up stack-down clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Real Prometheus, Redis, PostgreSQL and wrk for the test suite (see docs/testing.md).
+realparts:
+	@bash scripts/install_realparts.sh
+
+run: install
+	@bash scripts/run.sh serve
+
+test: install realparts
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: install
+	$(BIN)/python -m bench
+
+stack-up:
+	@bash scripts/run.sh start
+
+stack-down:
+	@bash scripts/run.sh stop
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache build dist *.egg-info

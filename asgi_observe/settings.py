@@ -1,0 +1,340 @@
+"""The one place that reads the environment.
+
+`Settings.from_env()` parses and validates every variable of the public contract once,
+at start-up, and fails with a `ValueError` that names the variable and the offending
+value. Everything else in the package takes plain keyword arguments, so an app can be
+configured without touching `os.environ` at all (tests do exactly that).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import urllib.parse
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Literal
+
+__all__ = [
+    "DEFAULT_EXCLUDED_URLS",
+    "IPNetwork",
+    "Settings",
+    "parse_networks",
+]
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+DEFAULT_EXCLUDED_URLS: tuple[str, ...] = (
+    "/metrics",
+    "/health",
+    "/health/live",
+    "/health/ready",
+    "/favicon.ico",
+)
+
+MIN_METRICS_TOKEN_LENGTH = 16
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+_LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG", "NOTSET")
+_PROTOCOLS = ("grpc", "http/protobuf")
+_SECRET_FIELDS = frozenset({"metrics_token", "otlp_headers"})
+_URL_FIELDS = frozenset({"database_url", "redis_url"})
+
+
+def _invalid(name: str, value: str, why: str) -> ValueError:
+    return ValueError(f"invalid {name}={value!r}: {why}")
+
+
+def _parse_bool(name: str, value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise _invalid(name, value, "expected one of true/false, 1/0, yes/no, on/off")
+
+
+def parse_networks(name: str, value: str) -> tuple[IPNetwork, ...]:
+    """Parse a comma-separated list of CIDRs or bare addresses.
+
+    Host bits set (``10.0.0.1/8``) are rejected rather than silently masked: a typo in an
+    allow-list must not widen it.
+    """
+    networks: list[IPNetwork] = []
+    for raw in value.split(","):
+        item = raw.strip()
+        if not item:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(item, strict=True))
+        except ValueError as exc:
+            raise _invalid(name, value, f"{item!r} is not a CIDR or IP address ({exc})") from None
+    return tuple(networks)
+
+
+def _parse_port(name: str, value: str) -> int:
+    try:
+        port = int(value.strip())
+    except ValueError:
+        raise _invalid(name, value, "expected a TCP port number 1-65535") from None
+    if not 1 <= port <= 65535:
+        raise _invalid(name, value, "expected a TCP port number 1-65535")
+    return port
+
+
+def _parse_ratio(name: str, value: str) -> float:
+    try:
+        ratio = float(value.strip())
+    except ValueError:
+        raise _invalid(name, value, "expected a number between 0.0 and 1.0") from None
+    if not 0.0 <= ratio <= 1.0:  # also rejects nan
+        raise _invalid(name, value, "expected a number between 0.0 and 1.0")
+    return ratio
+
+
+def _parse_key_values(name: str, value: str) -> tuple[tuple[str, str], ...]:
+    """Parse the W3C-baggage-like ``k=v,k2=v2`` lists of the OpenTelemetry spec."""
+    pairs: list[tuple[str, str]] = []
+    for raw in value.split(","):
+        item = raw.strip()
+        if not item:
+            continue
+        key, sep, val = item.partition("=")
+        if not sep or not key.strip():
+            raise _invalid(name, value, f"{item!r} is not of the form key=value")
+        pairs.append((urllib.parse.unquote(key.strip()), urllib.parse.unquote(val.strip())))
+    return tuple(pairs)
+
+
+def _parse_excluded(name: str, value: str) -> tuple[str, ...]:
+    patterns = tuple(item.strip() for item in value.split(",") if item.strip())
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise _invalid(
+                name, value, f"{pattern!r} is not a regular expression ({exc})"
+            ) from None
+    return patterns
+
+
+def _parse_endpoint(name: str, value: str) -> str:
+    endpoint = value.strip()
+    if not endpoint or any(ch.isspace() for ch in endpoint):
+        raise _invalid(name, value, "expected a URL such as http://localhost:4317")
+    if "://" in endpoint:
+        parsed = urllib.parse.urlsplit(endpoint)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise _invalid(name, value, "expected an http:// or https:// URL")
+    return endpoint
+
+
+def _parse_timeout(name: str, value: str) -> float:
+    """OTLP timeouts are milliseconds in the spec; values here are kept in seconds."""
+    try:
+        millis = float(value.strip())
+    except ValueError:
+        raise _invalid(name, value, "expected a timeout in milliseconds") from None
+    if not millis > 0:
+        raise _invalid(name, value, "expected a positive timeout in milliseconds")
+    return millis / 1000.0
+
+
+def _mask_url(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All configuration of the stack, validated once.
+
+    Build it with `Settings.from_env()` in production, or directly with keyword arguments
+    in tests and in code that has its own configuration system. Secrets (the metrics
+    token, OTLP headers, passwords inside URLs) never appear in `repr()`.
+    """
+
+    environment: str = "development"
+    log_level: str = "INFO"
+    enable_metrics: bool = True
+    metrics_token: str | None = None
+    metrics_allow: tuple[IPNetwork, ...] = ()
+    metrics_internal_port: int | None = None
+    metrics_internal_host: str = "127.0.0.1"
+    trusted_proxies: tuple[IPNetwork, ...] = ()
+    service_name: str = "asgi-service"
+    service_version: str | None = None
+    resource_attributes: tuple[tuple[str, str], ...] = ()
+    otlp_endpoint: str | None = None
+    otlp_protocol: Literal["grpc", "http/protobuf"] = "grpc"
+    otlp_headers: tuple[tuple[str, str], ...] = ()
+    otlp_insecure: bool | None = None
+    otlp_timeout: float | None = None
+    sampler_ratio: float = 1.0
+    excluded_urls: tuple[str, ...] = DEFAULT_EXCLUDED_URLS
+    prometheus_multiproc_dir: str | None = None
+    database_url: str | None = None
+    redis_url: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.metrics_token is not None and len(self.metrics_token) < MIN_METRICS_TOKEN_LENGTH:
+            msg = (
+                f"invalid METRICS_TOKEN: a bearer token must be at least "
+                f"{MIN_METRICS_TOKEN_LENGTH} characters long (got {len(self.metrics_token)})"
+            )
+            raise ValueError(msg)
+        if self.log_level not in _LOG_LEVELS:
+            raise _invalid("LOG_LEVEL", self.log_level, f"expected one of {', '.join(_LOG_LEVELS)}")
+        if self.otlp_protocol not in _PROTOCOLS:
+            raise _invalid(
+                "OTEL_EXPORTER_OTLP_PROTOCOL", self.otlp_protocol, f"expected one of {_PROTOCOLS}"
+            )
+        if not 0.0 <= self.sampler_ratio <= 1.0:
+            raise _invalid("OTEL_TRACES_SAMPLER_ARG", str(self.sampler_ratio), "expected 0.0-1.0")
+
+    @property
+    def is_production(self) -> bool:
+        """Production selects JSON logs; every other environment gets console logs."""
+        return self.environment.strip().lower() == "production"
+
+    def __repr__(self) -> str:
+        shown: list[str] = []
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if item.name in _SECRET_FIELDS and value:
+                shown.append(f"{item.name}='***'")
+            elif item.name in _URL_FIELDS and value:
+                shown.append(f"{item.name}={_mask_url(value)!r}")
+            else:
+                shown.append(f"{item.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
+
+    __str__ = __repr__
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read and validate every variable of the contract from `environ` (default `os.environ`).
+
+        Raises `ValueError` naming the variable and the value on the first invalid one, so a
+        misconfigured deployment stops at start-up instead of misbehaving at 3 a.m.
+        """
+        env = os.environ if environ is None else environ
+
+        def get(name: str) -> str | None:
+            value = env.get(name)
+            if value is None or not value.strip():
+                return None
+            return value
+
+        level = (get("LOG_LEVEL") or "INFO").strip().upper()
+        if level == "WARN":
+            level = "WARNING"
+        if level not in _LOG_LEVELS:
+            raise _invalid(
+                "LOG_LEVEL", env.get("LOG_LEVEL", ""), f"expected one of {', '.join(_LOG_LEVELS)}"
+            )
+
+        protocol = (
+            get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+            or get("OTEL_EXPORTER_OTLP_PROTOCOL")
+            or "grpc"
+        ).strip()
+        if protocol not in _PROTOCOLS:
+            var = (
+                "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"
+                if get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+                else "OTEL_EXPORTER_OTLP_PROTOCOL"
+            )
+            raise _invalid(var, protocol, f"expected one of {', '.join(_PROTOCOLS)}")
+
+        # The instrumentation-specific variables win over the generic one, as in
+        # opentelemetry-python-contrib's util.http.get_excluded_urls.
+        excluded: tuple[str, ...] = DEFAULT_EXCLUDED_URLS
+        for name in (
+            "OTEL_PYTHON_FASTAPI_EXCLUDED_URLS",
+            "OTEL_PYTHON_ASGI_EXCLUDED_URLS",
+            "OTEL_PYTHON_EXCLUDED_URLS",
+        ):
+            raw = env.get(name)
+            if raw is not None:
+                excluded = _parse_excluded(name, raw)
+                break
+
+        token = get("METRICS_TOKEN")
+        if token is not None:
+            token = token.strip()
+            if len(token) < MIN_METRICS_TOKEN_LENGTH:
+                msg = (
+                    f"invalid METRICS_TOKEN: a bearer token must be at least "
+                    f"{MIN_METRICS_TOKEN_LENGTH} characters long (got {len(token)})"
+                )
+                raise ValueError(msg)
+
+        multiproc = get("PROMETHEUS_MULTIPROC_DIR") or get("prometheus_multiproc_dir")
+        if multiproc is not None and not os.path.isdir(multiproc):
+            raise _invalid("PROMETHEUS_MULTIPROC_DIR", multiproc, "the directory does not exist")
+
+        endpoint_var = (
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+            if get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            else "OTEL_EXPORTER_OTLP_ENDPOINT"
+        )
+        endpoint = get(endpoint_var)
+        insecure_var = (
+            "OTEL_EXPORTER_OTLP_TRACES_INSECURE"
+            if get("OTEL_EXPORTER_OTLP_TRACES_INSECURE")
+            else "OTEL_EXPORTER_OTLP_INSECURE"
+        )
+        insecure = get(insecure_var)
+        timeout_var = (
+            "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT"
+            if get("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT")
+            else "OTEL_EXPORTER_OTLP_TIMEOUT"
+        )
+        timeout = get(timeout_var)
+        headers_var = (
+            "OTEL_EXPORTER_OTLP_TRACES_HEADERS"
+            if get("OTEL_EXPORTER_OTLP_TRACES_HEADERS")
+            else "OTEL_EXPORTER_OTLP_HEADERS"
+        )
+        headers = get(headers_var)
+
+        enable = get("ENABLE_METRICS")
+        port = get("METRICS_INTERNAL_PORT")
+        allow = get("METRICS_ALLOW")
+        proxies = get("TRUSTED_PROXIES")
+        ratio = get("OTEL_TRACES_SAMPLER_ARG")
+        attributes = get("OTEL_RESOURCE_ATTRIBUTES")
+        return cls(
+            environment=(get("ENVIRONMENT") or "development").strip(),
+            log_level=level,
+            enable_metrics=True if enable is None else _parse_bool("ENABLE_METRICS", enable),
+            metrics_token=token,
+            metrics_allow=() if allow is None else parse_networks("METRICS_ALLOW", allow),
+            metrics_internal_port=None
+            if port is None
+            else _parse_port("METRICS_INTERNAL_PORT", port),
+            metrics_internal_host=(get("METRICS_INTERNAL_HOST") or "127.0.0.1").strip(),
+            trusted_proxies=() if proxies is None else parse_networks("TRUSTED_PROXIES", proxies),
+            service_name=(get("OTEL_SERVICE_NAME") or "asgi-service").strip(),
+            service_version=(get("OTEL_SERVICE_VERSION") or "").strip() or None,
+            resource_attributes=()
+            if attributes is None
+            else _parse_key_values("OTEL_RESOURCE_ATTRIBUTES", attributes),
+            otlp_endpoint=None if endpoint is None else _parse_endpoint(endpoint_var, endpoint),
+            otlp_protocol="grpc" if protocol == "grpc" else "http/protobuf",
+            otlp_headers=() if headers is None else _parse_key_values(headers_var, headers),
+            otlp_insecure=None if insecure is None else _parse_bool(insecure_var, insecure),
+            otlp_timeout=None if timeout is None else _parse_timeout(timeout_var, timeout),
+            sampler_ratio=1.0 if ratio is None else _parse_ratio("OTEL_TRACES_SAMPLER_ARG", ratio),
+            excluded_urls=excluded,
+            prometheus_multiproc_dir=multiproc,
+            database_url=get("DATABASE_URL"),
+            redis_url=get("REDIS_URL"),
+        )

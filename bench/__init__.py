@@ -1,0 +1,1 @@
+"""In-process benchmarks: drive ASGI apps directly (no sockets) and print µs/request."""
