@@ -72,7 +72,7 @@ class RouteResolver(Protocol):
 
 def normalize_method(method: object) -> str:
     """Fold methods outside RFC 9110's set into one value, so ``FOO`` cannot add series."""
-    return method if method in KNOWN_METHODS else OTHER_METHOD  # type: ignore[return-value]
+    return method if isinstance(method, str) and method in KNOWN_METHODS else OTHER_METHOD
 
 
 class LabelCap:
@@ -182,6 +182,11 @@ class _RouterIndex:
         if depth > 32:  # a cyclic or absurdly deep tree: stop rather than recurse forever
             return
         for route in routes:
+            included = getattr(route, "original_router", None)
+            if included is not None:  # FastAPI >= 0.16x keeps included routers unflattened
+                extra = getattr(getattr(route, "include_context", None), "prefix", "") or ""
+                self._walk(getattr(included, "routes", ()), prefix + extra, depth + 1)
+                continue
             path_format = getattr(route, "path_format", None)
             children = getattr(route, "routes", None) if hasattr(route, "app") else None
             if (

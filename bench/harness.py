@@ -20,7 +20,9 @@ from asgi_observe.types import ASGIApp, Message, Scope
 __all__ = ["Result", "compare", "make_scope", "print_table"]
 
 
-def make_scope(path: str = "/items/42", method: str = "GET", headers: Sequence[tuple[bytes, bytes]] = ()) -> Scope:
+def make_scope(
+    path: str = "/items/42", method: str = "GET", headers: Sequence[tuple[bytes, bytes]] = ()
+) -> Scope:
     """A fresh HTTP scope shaped like uvicorn's."""
     return {
         "type": "http",

@@ -22,7 +22,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 import uvicorn
@@ -55,7 +55,9 @@ def free_port() -> int:
         return port
 
 
-def wait_until(predicate: Callable[[], bool], *, timeout: float, what: str, interval: float = 0.02) -> None:
+def wait_until(
+    predicate: Callable[[], bool], *, timeout: float, what: str, interval: float = 0.02
+) -> None:
     """Poll `predicate` until it holds; fail with `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -77,15 +79,25 @@ class RunningServer:
 
 
 @contextlib.contextmanager
-def run_uvicorn(app: ASGIApp, *, port: int | None = None, lifespan: str = "on", **config: Any) -> Iterator[RunningServer]:
+def run_uvicorn(
+    app: ASGIApp,
+    *,
+    port: int | None = None,
+    lifespan: Literal["auto", "on", "off"] = "on",
+    **config: Any,
+) -> Iterator[RunningServer]:
     """Serve `app` with a real uvicorn in a thread; polls `server.started` (no fixed sleeps)."""
     chosen = port or free_port()
-    cfg = uvicorn.Config(app, host="127.0.0.1", port=chosen, log_level="warning", lifespan=lifespan, **config)
+    cfg = uvicorn.Config(
+        app, host="127.0.0.1", port=chosen, log_level="warning", lifespan=lifespan, **config
+    )
     server = uvicorn.Server(cfg)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
-        wait_until(lambda: server.started or not thread.is_alive(), timeout=15, what="uvicorn start-up")
+        wait_until(
+            lambda: server.started or not thread.is_alive(), timeout=15, what="uvicorn start-up"
+        )
         if not server.started:
             pytest.fail("uvicorn exited during start-up")
         yield RunningServer("127.0.0.1", chosen, server)
@@ -94,11 +106,13 @@ def run_uvicorn(app: ASGIApp, *, port: int | None = None, lifespan: str = "on", 
         thread.join(timeout=15)
 
 
-def http_get(url: str, *, headers: dict[str, str] | None = None, timeout: float = 10) -> tuple[int, dict[str, str], bytes]:
+def http_get(
+    url: str, *, headers: dict[str, str] | None = None, timeout: float = 10
+) -> tuple[int, dict[str, str], bytes]:
     """A blocking GET that returns error statuses instead of raising."""
-    request = urllib.request.Request(url, headers=headers or {})  # noqa: S310 - loopback URLs only
+    request = urllib.request.Request(url, headers=headers or {})
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, dict(response.headers.items()), response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, dict(exc.headers.items()), exc.read()
@@ -114,7 +128,9 @@ class Prometheus:
     workdir: Path
 
     def query(self, promql: str) -> tuple[int, dict[str, Any]]:
-        status, _, body = http_get(f"{self.url}/api/v1/query?{urllib.parse.urlencode({'query': promql})}")
+        status, _, body = http_get(
+            f"{self.url}/api/v1/query?{urllib.parse.urlencode({'query': promql})}"
+        )
         return status, json.loads(body)
 
     def vector(self, promql: str) -> list[dict[str, Any]]:
@@ -132,7 +148,9 @@ class Prometheus:
             found = self.vector(promql)
             return bool(found)
 
-        wait_until(has_result, timeout=timeout, what=f"Prometheus result for {promql!r}", interval=0.25)
+        wait_until(
+            has_result, timeout=timeout, what=f"Prometheus result for {promql!r}", interval=0.25
+        )
         return found
 
     def exemplars(self, promql: str) -> list[dict[str, Any]]:
@@ -145,7 +163,9 @@ class Prometheus:
 
 
 @contextlib.contextmanager
-def run_prometheus(targets: list[str], *, metrics_path: str = "/metrics", extra_job: str = "") -> Iterator[Prometheus]:
+def run_prometheus(
+    targets: list[str], *, metrics_path: str = "/metrics", extra_job: str = ""
+) -> Iterator[Prometheus]:
     """Start a real Prometheus scraping `targets` (host:port) every second."""
     binary = require_binary("prometheus")
     port = free_port()
@@ -158,6 +178,7 @@ def run_prometheus(targets: list[str], *, metrics_path: str = "/metrics", extra_
         f"    metrics_path: {metrics_path}\n"
         f"    static_configs:\n      - targets: {json.dumps(targets)}\n" + extra_job
     )
+    log = open(workdir / "prometheus.log", "wb")  # noqa: SIM115 - closed in finally
     process = subprocess.Popen(
         [
             binary,
@@ -168,7 +189,7 @@ def run_prometheus(targets: list[str], *, metrics_path: str = "/metrics", extra_
             "--log.level=warn",
         ],
         stdout=subprocess.DEVNULL,
-        stderr=open(workdir / "prometheus.log", "wb"),  # noqa: SIM115 - closed with the process
+        stderr=log,
     )
     prom = Prometheus(f"http://127.0.0.1:{port}", process, workdir)
     try:
@@ -185,6 +206,8 @@ def run_prometheus(targets: list[str], *, metrics_path: str = "/metrics", extra_
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             process.kill()
+            process.wait(timeout=10)
+        log.close()
         shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -238,9 +261,23 @@ def run_redis() -> Iterator[RedisServer]:
     workdir = Path(tempfile.mkdtemp(prefix="asgi-observe-redis-"))
     subprocess.run(
         [
-            binary, "--port", str(port), "--bind", "127.0.0.1", "--daemonize", "yes",
-            "--dir", str(workdir), "--pidfile", str(workdir / "redis.pid"),
-            "--logfile", str(workdir / "redis.log"), "--save", "", "--appendonly", "no",
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--daemonize",
+            "yes",
+            "--dir",
+            str(workdir),
+            "--pidfile",
+            str(workdir / "redis.pid"),
+            "--logfile",
+            str(workdir / "redis.log"),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
         ],
         check=True,
     )
@@ -266,7 +303,16 @@ class PostgresServer:
 
     def pg_ctl(self, *args: str) -> None:
         subprocess.run(
-            ["runuser", "-u", "postgres", "--", str(self.pgbin / "pg_ctl"), "-D", str(self.workdir / "pg" / "data"), *args],
+            [
+                "runuser",
+                "-u",
+                "postgres",
+                "--",
+                str(self.pgbin / "pg_ctl"),
+                "-D",
+                str(self.workdir / "pg" / "data"),
+                *args,
+            ],
             check=True,
             stdout=subprocess.DEVNULL,
         )
@@ -276,7 +322,10 @@ class PostgresServer:
 
 
 def _pgbin() -> Path | None:
-    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: [int(x) for x in p.parent.name.split(".") if x.isdigit()])
+    candidates = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin"),
+        key=lambda p: [int(x) for x in p.parent.name.split(".") if x.isdigit()],
+    )
     return candidates[-1] if candidates else None
 
 
@@ -285,7 +334,10 @@ def run_postgres() -> Iterator[PostgresServer]:
     pgbin = _pgbin()
     require(pgbin is not None, "PostgreSQL server binaries are not installed")
     assert pgbin is not None
-    require(os.geteuid() == 0 and shutil.which("runuser") is not None, "starting PostgreSQL needs root and runuser")
+    require(
+        os.geteuid() == 0 and shutil.which("runuser") is not None,
+        "starting PostgreSQL needs root and runuser",
+    )
     port = free_port()
     workdir = Path(tempfile.mkdtemp(prefix="asgi-observe-pg-"))
     workdir.chmod(0o755)
@@ -295,17 +347,35 @@ def run_postgres() -> Iterator[PostgresServer]:
     shutil.chown(pgdir / "pw", "postgres")
     subprocess.run(
         [
-            "runuser", "-u", "postgres", "--", str(pgbin / "initdb"), "-D", str(pgdir / "data"),
-            "-U", "postgres", "-E", "UTF8", "--no-sync", "--auth-local=trust",
-            "--auth-host=scram-sha-256", f"--pwfile={pgdir / 'pw'}",
+            "runuser",
+            "-u",
+            "postgres",
+            "--",
+            str(pgbin / "initdb"),
+            "-D",
+            str(pgdir / "data"),
+            "-U",
+            "postgres",
+            "-E",
+            "UTF8",
+            "--no-sync",
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            f"--pwfile={pgdir / 'pw'}",
         ],
         check=True,
         stdout=subprocess.DEVNULL,
     )
     server = PostgresServer(port, workdir, pgbin)
     server.pg_ctl(
-        "-l", str(pgdir / "pg.log"), "-w", "-t", "30", "-o",
-        f"-p {port} -k {pgdir} -c listen_addresses=127.0.0.1 -c fsync=off", "start",
+        "-l",
+        str(pgdir / "pg.log"),
+        "-w",
+        "-t",
+        "30",
+        "-o",
+        f"-p {port} -k {pgdir} -c listen_addresses=127.0.0.1 -c fsync=off",
+        "start",
     )
     try:
         yield server

@@ -1,0 +1,151 @@
+"""The five HTTP metric families, created once per registry.
+
+Starlette rebuilds its middleware stack, tests build many apps, and two middlewares may
+share a registry: registering the same names twice would raise prometheus-client's
+"Duplicated timeseries". Families are therefore get-or-create, keyed by registry and
+namespace, and a second request for the same names with different buckets is refused
+with a clear error instead of silently reusing the first buckets.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Iterator, Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from asgi_observe.routes import UNMATCHED_LABEL, normalize_method, peek_route
+from asgi_observe.types import Scope
+
+__all__ = ["HttpMetrics", "InFlight", "http_metrics_for"]
+
+
+class InFlight(Collector):
+    """``http_requests_in_progress`` computed at scrape time from the requests in flight.
+
+    The handler label is a route template, which is only known once the router has run,
+    well after the request started. Rather than re-matching routes up front on every
+    request, the scopes of requests in flight are kept (one dict insert and delete per
+    request) and grouped by their route when Prometheus scrapes; by then routing of all
+    but the newest requests has happened.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.active: dict[int, Scope] = {}
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            self.name, "HTTP requests currently being served", labels=("method", "handler")
+        )
+        counts: dict[tuple[str, str], int] = {}
+        for scope in list(self.active.values()):  # list() is atomic under the GIL
+            key = (normalize_method(scope.get("method")), peek_route(scope) or UNMATCHED_LABEL)
+            counts[key] = counts.get(key, 0) + 1
+        for (method, handler), count in sorted(counts.items()):
+            family.add_metric((method, handler), count)
+        yield family
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily(
+            self.name, "HTTP requests currently being served", labels=("method", "handler")
+        )
+
+
+class HttpMetrics:
+    """The families of one (registry, namespace) pair."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        namespace: str,
+        buckets: tuple[float, ...],
+        size_buckets: tuple[float, ...],
+        *,
+        multiprocess: bool,
+    ) -> None:
+        self.buckets = buckets
+        self.size_buckets = size_buckets
+        prefix = f"{namespace}_" if namespace else ""
+        self.requests = Counter(
+            "http_requests_total",
+            "Total HTTP requests by method, status and handler",
+            ("method", "status", "handler"),
+            namespace=namespace,
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "http_request_duration_seconds",
+            "HTTP request latency until the last body byte is sent",
+            ("method", "handler"),
+            namespace=namespace,
+            buckets=buckets,
+            registry=registry,
+        )
+        self.request_size = Histogram(
+            "http_request_size_bytes",
+            "HTTP request body bytes received",
+            ("handler",),
+            namespace=namespace,
+            buckets=size_buckets,
+            registry=registry,
+        )
+        self.response_size = Histogram(
+            "http_response_size_bytes",
+            "HTTP response body bytes sent",
+            ("handler",),
+            namespace=namespace,
+            buckets=size_buckets,
+            registry=registry,
+        )
+        self.in_flight: InFlight | None = None
+        self.in_progress_gauge: Gauge | None = None
+        if multiprocess:
+            # Worker processes cannot share a scrape-time collector; a livesum gauge
+            # written to the multiprocess files sums live workers only.
+            self.in_progress_gauge = Gauge(
+                "http_requests_in_progress",
+                "HTTP requests currently being served",
+                ("method", "handler"),
+                namespace=namespace,
+                registry=registry,
+                multiprocess_mode="livesum",
+            )
+        else:
+            self.in_flight = InFlight(f"{prefix}http_requests_in_progress")
+            registry.register(self.in_flight)
+
+
+_lock = threading.Lock()
+_by_registry: weakref.WeakKeyDictionary[CollectorRegistry, dict[str, HttpMetrics]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def http_metrics_for(
+    registry: CollectorRegistry,
+    namespace: str,
+    buckets: Sequence[float],
+    size_buckets: Sequence[float],
+    *,
+    multiprocess: bool,
+) -> HttpMetrics:
+    """Get or create the families for `registry` and `namespace`."""
+    wanted = (tuple(float(b) for b in buckets), tuple(float(b) for b in size_buckets))
+    with _lock:
+        known = _by_registry.setdefault(registry, {})
+        existing = known.get(namespace)
+        if existing is not None:
+            if (existing.buckets, existing.size_buckets) != wanted:
+                msg = (
+                    f"HTTP metrics for namespace {namespace!r} already exist in this registry "
+                    "with other buckets; use another registry or namespace, or the same buckets"
+                )
+                raise ValueError(msg)
+            return existing
+        created = HttpMetrics(registry, namespace, wanted[0], wanted[1], multiprocess=multiprocess)
+        known[namespace] = created
+        return created

@@ -1,0 +1,214 @@
+"""`MetricsMiddleware`: the five HTTP metrics of the public contract.
+
+| metric | type | labels |
+| --- | --- | --- |
+| ``http_requests_total`` | counter | ``method``, ``status``, ``handler`` |
+| ``http_request_duration_seconds`` | histogram | ``method``, ``handler`` |
+| ``http_request_size_bytes`` | histogram | ``handler`` |
+| ``http_response_size_bytes`` | histogram | ``handler`` |
+| ``http_requests_in_progress`` | gauge | ``method``, ``handler`` |
+
+The names match prometheus-fastapi-instrumentator's, so its dashboards work unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection, Sequence
+from time import perf_counter
+
+from opentelemetry import trace
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+from asgi_observe.metrics._families import http_metrics_for
+from asgi_observe.routes import (
+    UNMATCHED_LABEL,
+    LabelCap,
+    RouteResolver,
+    normalize_method,
+    resolve_route,
+)
+from asgi_observe.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["DEFAULT_BUCKETS", "DEFAULT_SIZE_BUCKETS", "MetricsMiddleware"]
+
+logger = logging.getLogger("asgi_observe")
+
+DEFAULT_BUCKETS: tuple[float, ...] = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+"""Latency buckets: Prometheus' defaults plus 2 s, the seed's P99 alert threshold."""
+
+DEFAULT_SIZE_BUCKETS: tuple[float, ...] = (100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000)
+"""Body size buckets in bytes, one per decade."""
+
+_SAMPLED = trace.TraceFlags.SAMPLED
+
+_Children = tuple[Counter, Histogram, Histogram, Histogram]
+
+
+class MetricsMiddleware:
+    """Record the HTTP metrics of every request; other scope types pass through untouched.
+
+    Args:
+        app: the ASGI app to measure.
+        registry: where the families live (default: prometheus-client's global registry).
+            Families are get-or-create per registry, so rebuilding a middleware stack never
+            raises "Duplicated timeseries".
+        namespace: prefix for every metric name (``myapp_http_requests_total``).
+        buckets: latency histogram buckets in seconds.
+        size_buckets: request/response size histogram buckets in bytes.
+        exclude_paths: exact paths not measured at all.
+        route_resolver: a hook returning the route template for frameworks the built-in
+            resolution does not know (Django, hand-written routers).
+        max_handlers: bound on distinct ``handler`` values; later ones become ``other``.
+        multiprocess: use a multiprocess-safe in-progress gauge (set by `instrument()` when
+            ``PROMETHEUS_MULTIPROC_DIR`` is configured).
+
+    Duration ends when the last body byte is handed to the server, so background tasks
+    run after the response are not counted. Sizes are the body bytes actually received
+    and sent. An exception from the app is counted with status 500 (or the status already
+    sent) and re-raised unchanged. When a sampled OpenTelemetry span is current, histogram
+    observations carry its ``trace_id`` as an exemplar (exposed in OpenMetrics format).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        registry: CollectorRegistry | None = None,
+        namespace: str = "",
+        buckets: Sequence[float] = DEFAULT_BUCKETS,
+        size_buckets: Sequence[float] = DEFAULT_SIZE_BUCKETS,
+        exclude_paths: Collection[str] = (),
+        route_resolver: RouteResolver | None = None,
+        max_handlers: int = 200,
+        multiprocess: bool = False,
+    ) -> None:
+        self.app = app
+        self._metrics = http_metrics_for(
+            REGISTRY if registry is None else registry,
+            namespace,
+            buckets,
+            size_buckets,
+            multiprocess=multiprocess,
+        )
+        self._exclude = frozenset(exclude_paths)
+        self._resolver = route_resolver
+        self._handlers = LabelCap(max_handlers)
+        self._children: dict[tuple[str, int, str], _Children] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self._exclude:
+            await self.app(scope, receive, send)
+            return
+
+        start = perf_counter()
+        end = 0.0
+        status = 0
+        received = 0
+        sent = 0
+
+        async def receive_counting_bytes() -> Message:
+            nonlocal received
+            message = await receive()
+            body = message.get("body")
+            if body:
+                received += len(body)
+            return message
+
+        async def send_recording_response(message: Message) -> None:
+            nonlocal status, sent, end
+            kind = message["type"]
+            if kind == "http.response.body":
+                body = message.get("body")
+                if body:
+                    sent += len(body)
+                if not message.get("more_body", False):
+                    end = perf_counter()
+            elif kind == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        in_flight = self._metrics.in_flight
+        key = id(scope)
+        downstream: Send = send_recording_response
+        if in_flight is not None:
+            in_flight.active[key] = scope
+        else:
+            downstream = self._track_in_progress(scope, send_recording_response)
+        try:
+            await self.app(scope, receive_counting_bytes, downstream)
+        except BaseException:
+            if not status:
+                status = 500
+            raise
+        finally:
+            if in_flight is not None:
+                in_flight.active.pop(key, None)
+            try:
+                self._record(scope, status or 500, (end or perf_counter()) - start, received, sent)
+            except Exception:
+                logger.exception("asgi_observe: failed to record HTTP metrics")
+
+    def _track_in_progress(self, scope: Scope, send: Send) -> Send:
+        """Multiprocess mode: count the request in progress once its route is known.
+
+        A livesum gauge needs its labels when it is incremented, and the route is known
+        only when the response starts; the gauge therefore covers the response phase.
+        """
+        gauge = self._metrics.in_progress_gauge
+        assert gauge is not None
+        current: list[Gauge] = []
+
+        async def send_tracking_progress(message: Message) -> None:
+            if message["type"] == "http.response.start" and not current:
+                template = resolve_route(scope, self._resolver, status=message.get("status"))
+                handler = UNMATCHED_LABEL if template is None else self._handlers.bound(template)
+                child = gauge.labels(normalize_method(scope.get("method")), handler)
+                child.inc()
+                current.append(child)
+            try:
+                await send(message)
+            finally:
+                if (
+                    message["type"] == "http.response.body"
+                    and not message.get("more_body")
+                    and current
+                ):
+                    current.pop().dec()
+
+        return send_tracking_progress
+
+    def _record(self, scope: Scope, status: int, duration: float, received: int, sent: int) -> None:
+        method = normalize_method(scope.get("method"))
+        template = resolve_route(scope, self._resolver, status=status)
+        handler = UNMATCHED_LABEL if template is None else self._handlers.bound(template)
+        children = self._children.get((method, status, handler))
+        if children is None:
+            children = self._make_children(method, status, handler)
+        requests, duration_h, request_h, response_h = children
+        span_context = trace.get_current_span().get_span_context()
+        if span_context.trace_flags & _SAMPLED and span_context.is_valid:
+            exemplar = {"trace_id": format(span_context.trace_id, "032x")}
+            requests.inc(1, exemplar)
+            duration_h.observe(duration, exemplar)
+            request_h.observe(received, exemplar)
+            response_h.observe(sent, exemplar)
+        else:
+            requests.inc()
+            duration_h.observe(duration)
+            request_h.observe(received)
+            response_h.observe(sent)
+
+    def _make_children(self, method: str, status: int, handler: str) -> _Children:
+        metrics = self._metrics
+        children = (
+            metrics.requests.labels(method, str(status), handler),
+            metrics.duration.labels(method, handler),
+            metrics.request_size.labels(handler),
+            metrics.response_size.labels(handler),
+        )
+        # Bounded: methods are folded, handlers capped, and statuses are three digits.
+        self._children[(method, status, handler)] = children
+        return children

@@ -1,0 +1,142 @@
+"""`instrument()`: the whole stack, in the order of the public contract.
+
+request id (outermost) → tracing → metrics → access log → path dispatch (``/metrics``,
+``/health``) → app. Every log line and span then carries the request id, the access log
+carries trace and span ids, and metrics see the final status, including the status of
+responses the stack itself generates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from prometheus_client import REGISTRY, CollectorRegistry
+
+from asgi_observe._lifespan import Hook, LifespanHooks
+from asgi_observe.metrics.exposition import metrics_app
+from asgi_observe.metrics.http import MetricsMiddleware
+from asgi_observe.routes import ROUTE_SCOPE_KEY, SUBROUTE_SCOPE_KEY
+from asgi_observe.settings import Settings
+from asgi_observe.types import ASGIApp, Receive, Scope, Send
+
+__all__ = ["HEALTH_PATH", "METRICS_PATH", "ObservedApp", "PathDispatch", "instrument"]
+
+METRICS_PATH = "/metrics"
+HEALTH_PATH = "/health"
+
+
+def _route_path(scope: Scope) -> str:
+    """The path relative to ``root_path`` (Starlette 1.x and uvicorn keep it in ``path``)."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root):
+        return path[len(root) :] or "/"
+    return path
+
+
+class PathDispatch:
+    """Serve the stack's own endpoints in front of the app; everything else goes to the app.
+
+    Exact paths are compared (no regex), so the cost for app requests is two string
+    comparisons. The endpoints record their route template in the scope so metrics,
+    spans and access logs label them like any route.
+    """
+
+    def __init__(
+        self, app: ASGIApp, *, endpoints: Mapping[str, ASGIApp], health: ASGIApp | None
+    ) -> None:
+        self.app = app
+        self._endpoints = dict(endpoints)
+        self._health = health
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path = _route_path(scope)
+            endpoint = self._endpoints.get(path)
+            if endpoint is not None:
+                scope[ROUTE_SCOPE_KEY] = path
+                await endpoint(scope, receive, send)
+                return
+            if self._health is not None and (
+                path == HEALTH_PATH or path.startswith(HEALTH_PATH + "/")
+            ):
+                child = dict(scope)
+                child["root_path"] = scope.get("root_path", "") + HEALTH_PATH
+                try:
+                    await self._health(child, receive, send)
+                finally:
+                    sub = child.get(SUBROUTE_SCOPE_KEY)
+                    scope[ROUTE_SCOPE_KEY] = HEALTH_PATH + (
+                        sub if isinstance(sub, str) else "/{path}"
+                    )
+                return
+        await self.app(scope, receive, send)
+
+
+class ObservedApp:
+    """The app returned by `instrument()`; keeps what was built so it can be inspected."""
+
+    def __init__(
+        self,
+        stack: ASGIApp,
+        *,
+        app: ASGIApp,
+        settings: Settings,
+        registry: CollectorRegistry,
+        tracer_provider: Any,
+    ) -> None:
+        self.stack = stack
+        self.app = app
+        self.settings = settings
+        self.registry = registry
+        self.tracer_provider = tracer_provider
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.stack(scope, receive, send)
+
+
+def instrument(
+    app: ASGIApp,
+    settings: Settings | None = None,
+    *,
+    health: ASGIApp | None = None,
+    registry: CollectorRegistry | None = None,
+    tracer_provider: Any = None,
+) -> ObservedApp:
+    """Wrap `app` in the full observability stack.
+
+    Args:
+        app: any ASGI app (Starlette, FastAPI, Litestar, Django, hand-written).
+        settings: the configuration (default: `Settings.from_env()`, read once here).
+        health: an ASGI app (usually a `HealthApp`) mounted at ``/health``.
+        registry: the Prometheus registry (default: prometheus-client's global one).
+        tracer_provider: a provider to use instead of calling `setup_tracing(settings)`.
+
+    Raises:
+        ValueError: if `app` is already instrumented, or the settings are invalid.
+    """
+    if isinstance(app, ObservedApp):
+        msg = "this app is already instrumented: call instrument() once, on the innermost app"
+        raise ValueError(msg)  # noqa: TRY004 - the value, not its type, is wrong
+    settings = Settings.from_env() if settings is None else settings
+    registry = REGISTRY if registry is None else registry
+    startup: list[Hook] = []
+    shutdown: list[Hook] = []
+
+    endpoints: dict[str, ASGIApp] = {}
+    if settings.enable_metrics and settings.metrics_internal_port is None:
+        endpoints[METRICS_PATH] = metrics_app(
+            registry, multiprocess_dir=settings.prometheus_multiproc_dir
+        )
+    stack: ASGIApp = PathDispatch(app, endpoints=endpoints, health=health)
+    if settings.enable_metrics:
+        stack = MetricsMiddleware(
+            stack,
+            registry=registry,
+            multiprocess=settings.prometheus_multiproc_dir is not None,
+        )
+    stack = LifespanHooks(stack, startup=startup, shutdown=shutdown)
+    return ObservedApp(
+        stack, app=app, settings=settings, registry=registry, tracer_provider=tracer_provider
+    )

@@ -1,0 +1,167 @@
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import pytest
+
+from asgi_observe import Settings
+from asgi_observe.settings import DEFAULT_EXCLUDED_URLS
+
+
+def test_defaults_match_the_contract() -> None:
+    settings = Settings.from_env({})
+    assert settings.environment == "development"
+    assert not settings.is_production
+    assert settings.log_level == "INFO"
+    assert settings.enable_metrics is True
+    assert settings.metrics_token is None
+    assert settings.metrics_internal_port is None
+    assert settings.metrics_internal_host == "127.0.0.1"
+    assert settings.service_name == "asgi-service"
+    assert settings.otlp_endpoint is None
+    assert settings.otlp_protocol == "grpc"
+    assert settings.sampler_ratio == 1.0
+    assert settings.excluded_urls == DEFAULT_EXCLUDED_URLS
+    assert settings.prometheus_multiproc_dir is None
+
+
+def test_every_variable_is_parsed(tmp_path: Path) -> None:
+    settings = Settings.from_env(
+        {
+            "ENVIRONMENT": "production",
+            "LOG_LEVEL": "debug",
+            "ENABLE_METRICS": "off",
+            "METRICS_TOKEN": "s3cret-token-0123456789",
+            "METRICS_ALLOW": "10.0.0.0/8, 127.0.0.1,::1",
+            "METRICS_INTERNAL_PORT": "9000",
+            "METRICS_INTERNAL_HOST": "0.0.0.0",
+            "TRUSTED_PROXIES": "172.16.0.0/12",
+            "OTEL_SERVICE_NAME": "baliblissed-backend",
+            "OTEL_SERVICE_VERSION": "1.0.0",
+            "OTEL_RESOURCE_ATTRIBUTES": "team=travel,region=ap%2Dsoutheast",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "http://localhost:4317",
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+            "OTEL_EXPORTER_OTLP_HEADERS": "api-key=abc",
+            "OTEL_EXPORTER_OTLP_INSECURE": "true",
+            "OTEL_EXPORTER_OTLP_TIMEOUT": "2500",
+            "OTEL_TRACES_SAMPLER_ARG": "0.1",
+            "OTEL_PYTHON_EXCLUDED_URLS": "/metrics,/health.*",
+            "PROMETHEUS_MULTIPROC_DIR": str(tmp_path),
+            "DATABASE_URL": "postgresql+asyncpg://app:pw@db/app",
+            "REDIS_URL": "redis://localhost:6379/0",
+        }
+    )
+    assert settings.is_production
+    assert settings.log_level == "DEBUG"
+    assert settings.enable_metrics is False
+    assert settings.metrics_allow == (
+        ipaddress.ip_network("10.0.0.0/8"),
+        ipaddress.ip_network("127.0.0.1/32"),
+        ipaddress.ip_network("::1/128"),
+    )
+    assert settings.metrics_internal_port == 9000
+    assert settings.metrics_internal_host == "0.0.0.0"
+    assert settings.trusted_proxies == (ipaddress.ip_network("172.16.0.0/12"),)
+    assert settings.service_name == "baliblissed-backend"
+    assert settings.service_version == "1.0.0"
+    assert settings.resource_attributes == (("team", "travel"), ("region", "ap-southeast"))
+    assert settings.otlp_endpoint == "http://localhost:4317"
+    assert settings.otlp_protocol == "http/protobuf"
+    assert settings.otlp_headers == (("api-key", "abc"),)
+    assert settings.otlp_insecure is True
+    assert settings.otlp_timeout == 2.5
+    assert settings.sampler_ratio == 0.1
+    assert settings.excluded_urls == ("/metrics", "/health.*")
+    assert settings.prometheus_multiproc_dir == str(tmp_path)
+    assert settings.redis_url == "redis://localhost:6379/0"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("OTEL_TRACES_SAMPLER_ARG", "2"),
+        ("OTEL_TRACES_SAMPLER_ARG", "-0.1"),
+        ("OTEL_TRACES_SAMPLER_ARG", "nan"),
+        ("OTEL_TRACES_SAMPLER_ARG", "ten percent"),
+        ("METRICS_INTERNAL_PORT", "abc"),
+        ("METRICS_INTERNAL_PORT", "0"),
+        ("METRICS_INTERNAL_PORT", "70000"),
+        ("METRICS_ALLOW", "10.0.0.0/99"),
+        ("METRICS_ALLOW", "10.0.0.1/8"),
+        ("METRICS_ALLOW", "not-an-ip"),
+        ("TRUSTED_PROXIES", "300.1.1.1"),
+        ("ENABLE_METRICS", "maybe"),
+        ("LOG_LEVEL", "LOUD"),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "ftp://collector:4317"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://has space"),
+        ("OTEL_EXPORTER_OTLP_INSECURE", "sometimes"),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "-5"),
+        ("OTEL_RESOURCE_ATTRIBUTES", "novalue"),
+        ("OTEL_PYTHON_EXCLUDED_URLS", "/ok,(unclosed"),
+        ("PROMETHEUS_MULTIPROC_DIR", "/definitely/not/here"),
+        ("METRICS_TOKEN", "short"),
+    ],
+)
+def test_invalid_values_name_the_variable_and_value(variable: str, value: str) -> None:
+    with pytest.raises(ValueError, match=variable) as caught:
+        Settings.from_env({variable: value})
+    if variable != "METRICS_TOKEN":  # a secret is never echoed, even a wrong one
+        assert value in str(caught.value)
+    else:
+        assert value not in str(caught.value)
+
+
+def test_specific_excluded_urls_win_over_the_generic_variable() -> None:
+    settings = Settings.from_env(
+        {
+            "OTEL_PYTHON_EXCLUDED_URLS": "/a",
+            "OTEL_PYTHON_ASGI_EXCLUDED_URLS": "/b",
+            "OTEL_PYTHON_FASTAPI_EXCLUDED_URLS": "/c",
+        }
+    )
+    assert settings.excluded_urls == ("/c",)
+    assert Settings.from_env({"OTEL_PYTHON_ASGI_EXCLUDED_URLS": "/b,/d"}).excluded_urls == (
+        "/b",
+        "/d",
+    )
+    assert Settings.from_env({"OTEL_PYTHON_EXCLUDED_URLS": ""}).excluded_urls == ()
+
+
+def test_secrets_never_appear_in_repr() -> None:
+    settings = Settings.from_env(
+        {
+            "METRICS_TOKEN": "super-secret-token-value",
+            "OTEL_EXPORTER_OTLP_HEADERS": "authorization=Bearer%20hunter2",
+            "DATABASE_URL": "postgresql://app:hunter3@db:5432/app",
+            "REDIS_URL": "redis://:hunter4@cache:6379/0",
+        }
+    )
+    for text in (repr(settings), str(settings)):
+        assert "super-secret-token-value" not in text
+        assert "hunter2" not in text
+        assert "hunter3" not in text
+        assert "hunter4" not in text
+        assert "db:5432" in text  # the non-secret parts stay readable
+
+
+def test_settings_are_frozen_and_validated_when_built_directly() -> None:
+    settings = Settings()
+    with pytest.raises(AttributeError):
+        settings.environment = "production"  # type: ignore[misc]
+    with pytest.raises(ValueError, match="METRICS_TOKEN"):
+        Settings(metrics_token="short")
+    with pytest.raises(ValueError, match="OTEL_TRACES_SAMPLER_ARG"):
+        Settings(sampler_ratio=1.5)
+
+
+def test_blank_values_mean_unset() -> None:
+    settings = Settings.from_env({"METRICS_INTERNAL_PORT": "  ", "OTEL_EXPORTER_OTLP_ENDPOINT": ""})
+    assert settings.metrics_internal_port is None
+    assert settings.otlp_endpoint is None
+
+
+def test_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "from-os-environ")
+    assert Settings.from_env().service_name == "from-os-environ"

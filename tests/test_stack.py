@@ -1,0 +1,180 @@
+"""instrument(): the stack in order, its endpoints and its lifespan."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from prometheus_client import CollectorRegistry
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+from asgi_observe import Settings, instrument
+from asgi_observe._lifespan import LifespanHooks
+from asgi_observe.types import Message, Receive, Scope, Send
+from tests.metrics.helpers import value
+
+
+async def hello(request: Request) -> PlainTextResponse:
+    return PlainTextResponse("hello")
+
+
+def starlette_app() -> Starlette:
+    return Starlette(routes=[Route("/hello/{name}", hello)])
+
+
+async def raw_app(scope: Scope, receive: Receive, send: Send) -> None:
+    assert scope["type"] == "http"  # a raw app that does not support lifespan
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"raw"})
+
+
+def client(app: object) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")  # type: ignore[arg-type]
+
+
+async def test_metrics_endpoint_and_http_metrics(registry: CollectorRegistry) -> None:
+    app = instrument(starlette_app(), Settings(), registry=registry)
+    async with client(app) as http:
+        assert (await http.get("/hello/ada")).text == "hello"
+        scrape = await http.get("/metrics")
+    assert scrape.status_code == 200
+    assert (
+        'http_requests_total{handler="/hello/{name}",method="GET",status="200"} 1.0' in scrape.text
+    )
+    assert (
+        value(registry, "http_requests_total", method="GET", status="200", handler="/metrics") == 1
+    )
+
+
+async def test_raw_asgi_apps_are_served_too(registry: CollectorRegistry) -> None:
+    app = instrument(raw_app, Settings(), registry=registry)
+    async with client(app) as http:
+        assert (await http.get("/anything/1")).text == "raw"
+        assert (await http.get("/metrics")).status_code == 200
+    assert value(registry, "http_requests_total", method="GET", status="200", handler="none") == 1
+
+
+async def test_metrics_disabled_removes_endpoint_and_middleware(
+    registry: CollectorRegistry,
+) -> None:
+    app = instrument(starlette_app(), Settings(enable_metrics=False), registry=registry)
+    async with client(app) as http:
+        assert (await http.get("/metrics")).status_code == 404
+        await http.get("/hello/x")
+    assert (
+        registry.get_sample_value(
+            "http_requests_total", {"method": "GET", "status": "200", "handler": "/hello/{name}"}
+        )
+        is None
+    )
+
+
+async def test_health_is_mounted_at_health(registry: CollectorRegistry) -> None:
+    seen: list[tuple[str, str]] = []
+
+    async def health(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.append((scope["root_path"], scope["path"]))
+        scope["asgi_observe.subroute"] = "/live"
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"live"})
+
+    app = instrument(starlette_app(), Settings(), registry=registry, health=health)
+    async with client(app) as http:
+        assert (await http.get("/health/live")).text == "live"
+        assert (await http.get("/healthy")).status_code == 404  # a prefix is not a mount
+    assert seen == [("/health", "/health/live")]
+    assert (
+        value(registry, "http_requests_total", method="GET", status="200", handler="/health/live")
+        == 1
+    )
+
+
+def test_instrumenting_twice_is_refused() -> None:
+    app = instrument(raw_app, Settings(), registry=CollectorRegistry())
+    with pytest.raises(ValueError, match="already instrumented"):
+        instrument(app, Settings(), registry=CollectorRegistry())
+
+
+async def run_lifespan(app: object) -> list[str]:
+    incoming = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
+    sent: list[str] = []
+
+    async def receive() -> Message:
+        return next(incoming)
+
+    async def send(message: Message) -> None:
+        sent.append(message["type"])
+
+    await app({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send)  # type: ignore[operator]
+    return sent
+
+
+async def test_lifespan_hooks_run_around_an_app_with_lifespan() -> None:
+    order: list[str] = []
+
+    async def on_start() -> None:
+        order.append("hook-start")
+
+    async def on_stop() -> None:
+        order.append("hook-stop")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        order.append("app-start")
+        yield
+        order.append("app-stop")
+
+    app = Starlette(lifespan=lifespan)
+    sent = await run_lifespan(LifespanHooks(app, startup=[on_start], shutdown=[on_stop]))
+    assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert order == ["hook-start", "app-start", "app-stop", "hook-stop"]
+
+
+async def test_lifespan_is_completed_for_apps_without_support() -> None:
+    order: list[str] = []
+
+    async def on_start() -> None:
+        order.append("start")
+
+    async def on_stop() -> None:
+        order.append("stop")
+
+    sent = await run_lifespan(LifespanHooks(raw_app, startup=[on_start], shutdown=[on_stop]))
+    assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert order == ["start", "stop"]
+
+
+async def test_a_failing_hook_does_not_stop_the_app() -> None:
+    async def broken() -> None:
+        raise OSError("collector unreachable")
+
+    sent = await run_lifespan(LifespanHooks(raw_app, startup=[broken], shutdown=[broken]))
+    assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+
+
+async def test_app_startup_failure_is_propagated() -> None:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        failure = RuntimeError("database migration failed")
+        if failure:
+            raise failure
+        yield  # pragma: no cover - never reached, but makes this an async generator
+
+    app = Starlette(lifespan=lifespan)
+    incoming = iter([{"type": "lifespan.startup"}])
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return next(incoming)
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    with pytest.raises(RuntimeError, match="migration"):
+        await LifespanHooks(app)({"type": "lifespan"}, receive, send)
+    assert sent[0]["type"] == "lifespan.startup.failed"
