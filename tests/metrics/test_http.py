@@ -482,3 +482,31 @@ async def test_a_failing_metric_update_is_reported_and_never_reaches_the_request
     await app(_scope("/x"), _receive_nothing, record)
     assert sent[0]["status"] == 200
     assert value(registry, REQUESTS, method="GET", status="200", handler=UNMATCHED_LABEL) == 1
+
+
+async def test_fastapi_and_litestar_apps_get_their_templates(registry: CollectorRegistry) -> None:
+    from fastapi import APIRouter, FastAPI
+    from litestar import Litestar, get
+    from litestar.params import FromPath
+
+    router = APIRouter(prefix="/tours")
+
+    @router.get("/{tour_id}")
+    async def tour(tour_id: int) -> dict[str, int]:
+        return {"tour_id": tour_id}
+
+    fast = FastAPI()
+    fast.include_router(router, prefix="/api")
+
+    @get("/villas/{villa_id:int}")
+    async def villa(villa_id: FromPath[int]) -> dict[str, int]:
+        return {"villa_id": villa_id}
+
+    lite = Litestar(route_handlers=[villa])
+    async with client_for(MetricsMiddleware(fast, registry=registry)) as client:
+        assert (await client.get("/api/tours/3")).status_code == 200
+    other = CollectorRegistry()
+    async with client_for(MetricsMiddleware(lite, registry=other)) as client:  # type: ignore[arg-type]
+        assert (await client.get("/villas/9")).status_code == 200
+    assert value(registry, REQUESTS, method="GET", status="200", handler="/api/tours/{tour_id}") == 1
+    assert value(other, REQUESTS, method="GET", status="200", handler="/villas/{villa_id}") == 1

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Helper for the example service and the local observability stack.
+#   scripts/run.sh serve   serve examples.baliblissed on $HOST:$PORT (default 127.0.0.1:8000)
+#   scripts/run.sh start   start the docker-compose stack (Prometheus, Grafana, Jaeger, OTel Collector)
+#   scripts/run.sh stop    stop it
+set -euo pipefail
+cd "$(dirname "$0")/.."
+HOST=${HOST:-127.0.0.1}
+PORT=${PORT:-8000}
+APP=${APP:-examples.baliblissed:create_app}
+
+compose() {
+  if docker compose version >/dev/null 2>&1; then
+    docker compose -f compose/docker-compose.yaml --profile otel "$@"
+  elif command -v docker-compose >/dev/null 2>&1; then
+    docker-compose -f compose/docker-compose.yaml --profile otel "$@"
+  else
+    echo "docker compose is not available: install Docker to run the local stack" >&2
+    exit 1
+  fi
+}
+
+case "${1:-serve}" in
+  serve)
+    cat <<INFO
+asgi_observe example: ${APP}
+  app        http://${HOST}:${PORT}/
+  metrics    http://${HOST}:${PORT}/metrics   (legacy JSON: /metrics/legacy)
+  health     http://${HOST}:${PORT}/health   /health/live   /health/ready   /health/startup
+  API docs   http://${HOST}:${PORT}/docs
+  stack      make stack-up   (Prometheus :9090, Grafana :3000 admin/admin, Jaeger :16686)
+INFO
+    exec .venv/bin/uvicorn --factory "${APP}" --host "${HOST}" --port "${PORT}" --no-access-log
+    ;;
+  start)
+    compose up -d
+    echo "Prometheus http://localhost:9090  Grafana http://localhost:3000  Jaeger http://localhost:16686"
+    ;;
+  stop)
+    compose down
+    ;;
+  *)
+    echo "usage: $0 serve|start|stop" >&2
+    exit 2
+    ;;
+esac
