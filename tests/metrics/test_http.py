@@ -508,5 +508,7 @@ async def test_fastapi_and_litestar_apps_get_their_templates(registry: Collector
     other = CollectorRegistry()
     async with client_for(MetricsMiddleware(lite, registry=other)) as client:  # type: ignore[arg-type]
         assert (await client.get("/villas/9")).status_code == 200
-    assert value(registry, REQUESTS, method="GET", status="200", handler="/api/tours/{tour_id}") == 1
+    assert (
+        value(registry, REQUESTS, method="GET", status="200", handler="/api/tours/{tour_id}") == 1
+    )
     assert value(other, REQUESTS, method="GET", status="200", handler="/villas/{villa_id}") == 1
