@@ -1,0 +1,1 @@
+"""Tests of the health sub-app and its checks."""
