@@ -21,6 +21,7 @@ install: $(STAMP)
 # Real Prometheus, Redis, PostgreSQL and wrk for the test suite (see docs/testing.md).
 realparts:
 	@bash scripts/install_realparts.sh
+	@bash scripts/install_grafana_schema.sh
 
 run: install
 	@bash scripts/run.sh serve

@@ -82,12 +82,19 @@ class LabelCap:
     check is one set lookup on the hot path; the lock is taken only to admit a new value.
     """
 
-    def __init__(self, max_values: int = 200, *, overflow: str = OVERFLOW_LABEL) -> None:
+    def __init__(
+        self,
+        max_values: int = 200,
+        *,
+        overflow: str = OVERFLOW_LABEL,
+        what: str = "route templates",
+    ) -> None:
         if max_values < 1:
             msg = f"max_values must be at least 1, got {max_values}"
             raise ValueError(msg)
         self.max_values = max_values
         self.overflow = overflow
+        self.what = what
         self._seen: set[str] = set()
         self._lock = threading.Lock()
         self._warned = False
@@ -104,8 +111,9 @@ class LabelCap:
         if not self._warned:
             self._warned = True
             logger.warning(
-                "more than %d distinct route templates; further ones are reported as %r",
+                "more than %d distinct %s; further ones are reported as %r",
                 self.max_values,
+                self.what,
                 self.overflow,
             )
         return self.overflow

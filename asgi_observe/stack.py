@@ -16,13 +16,23 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from asgi_observe._lifespan import Hook, LifespanHooks
 from asgi_observe.metrics.exposition import metrics_app
 from asgi_observe.metrics.http import MetricsMiddleware
+from asgi_observe.metrics.internal import InternalMetricsServer
+from asgi_observe.metrics.legacy import legacy_metrics_app
 from asgi_observe.routes import ROUTE_SCOPE_KEY, SUBROUTE_SCOPE_KEY
 from asgi_observe.settings import Settings
-from asgi_observe.types import ASGIApp, Receive, Scope, Send
+from asgi_observe.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["HEALTH_PATH", "METRICS_PATH", "ObservedApp", "PathDispatch", "instrument"]
+__all__ = [
+    "HEALTH_PATH",
+    "LEGACY_METRICS_PATH",
+    "METRICS_PATH",
+    "ObservedApp",
+    "PathDispatch",
+    "instrument",
+]
 
 METRICS_PATH = "/metrics"
+LEGACY_METRICS_PATH = "/metrics/legacy"
 HEALTH_PATH = "/health"
 
 
@@ -38,9 +48,9 @@ def _route_path(scope: Scope) -> str:
 class PathDispatch:
     """Serve the stack's own endpoints in front of the app; everything else goes to the app.
 
-    Exact paths are compared (no regex), so the cost for app requests is two string
-    comparisons. The endpoints record their route template in the scope so metrics,
-    spans and access logs label them like any route.
+    Exact paths are compared (no regex), so the cost for app requests is a dict lookup
+    and a prefix test. The endpoints record their route template in the scope so
+    metrics, spans and access logs label them like any route.
     """
 
     def __init__(
@@ -61,17 +71,24 @@ class PathDispatch:
             if self._health is not None and (
                 path == HEALTH_PATH or path.startswith(HEALTH_PATH + "/")
             ):
-                child = dict(scope)
-                child["root_path"] = scope.get("root_path", "") + HEALTH_PATH
-                try:
-                    await self._health(child, receive, send)
-                finally:
-                    sub = child.get(SUBROUTE_SCOPE_KEY)
-                    scope[ROUTE_SCOPE_KEY] = HEALTH_PATH + (
-                        sub if isinstance(sub, str) else "/{path}"
-                    )
+                await self._serve_health(self._health, scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+    @staticmethod
+    async def _serve_health(health: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+        """Mount `health` at ``/health`` the way Starlette's ``Mount`` does (root_path)."""
+        child = dict(scope)
+        child["root_path"] = scope.get("root_path", "") + HEALTH_PATH
+
+        async def send_naming_route(message: Message) -> None:
+            # Named as the response starts: metrics record before the last body byte.
+            if message["type"] == "http.response.start":
+                sub = child.get(SUBROUTE_SCOPE_KEY)
+                scope[ROUTE_SCOPE_KEY] = HEALTH_PATH + (sub if isinstance(sub, str) else "/{path}")
+            await send(message)
+
+        await health(child, receive, send_naming_route)
 
 
 class ObservedApp:
@@ -96,6 +113,20 @@ class ObservedApp:
         await self.stack(scope, receive, send)
 
 
+def _metrics_routes(settings: Settings, registry: CollectorRegistry) -> dict[str, ASGIApp]:
+    """``/metrics`` and ``/metrics/legacy``, behind the configured guards."""
+    options: dict[str, Any] = {
+        "token": settings.metrics_token,
+        "allow": settings.metrics_allow,
+        "trusted_proxies": settings.trusted_proxies,
+        "multiprocess_dir": settings.prometheus_multiproc_dir,
+    }
+    return {
+        METRICS_PATH: metrics_app(registry, **options),
+        LEGACY_METRICS_PATH: legacy_metrics_app(registry, **options),
+    }
+
+
 def instrument(
     app: ASGIApp,
     settings: Settings | None = None,
@@ -113,6 +144,10 @@ def instrument(
         registry: the Prometheus registry (default: prometheus-client's global one).
         tracer_provider: a provider to use instead of calling `setup_tracing(settings)`.
 
+    With ``METRICS_INTERNAL_PORT`` set, ``/metrics`` and ``/metrics/legacy`` are served on
+    that port for the app's lifetime (started and stopped by the ASGI lifespan) and are
+    404 on the public app; with ``ENABLE_METRICS=false`` there are no metrics at all.
+
     Raises:
         ValueError: if `app` is already instrumented, or the settings are invalid.
     """
@@ -125,10 +160,17 @@ def instrument(
     shutdown: list[Hook] = []
 
     endpoints: dict[str, ASGIApp] = {}
-    if settings.enable_metrics and settings.metrics_internal_port is None:
-        endpoints[METRICS_PATH] = metrics_app(
-            registry, multiprocess_dir=settings.prometheus_multiproc_dir
-        )
+    if settings.enable_metrics:
+        routes = _metrics_routes(settings, registry)
+        if settings.metrics_internal_port is None:
+            endpoints.update(routes)
+        else:
+            internal = InternalMetricsServer(
+                routes, host=settings.metrics_internal_host, port=settings.metrics_internal_port
+            )
+            startup.append(internal.start)
+            shutdown.append(internal.stop)
+
     stack: ASGIApp = PathDispatch(app, endpoints=endpoints, health=health)
     if settings.enable_metrics:
         stack = MetricsMiddleware(

@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from asgi_observe.routes import UNMATCHED_LABEL, normalize_method, peek_route
+from asgi_observe.routes import UNMATCHED_LABEL, LabelCap, normalize_method, peek_route
 from asgi_observe.types import Scope
 
 __all__ = ["HttpMetrics", "InFlight", "http_metrics_for"]
@@ -33,18 +33,25 @@ class InFlight(Collector):
     but the newest requests has happened.
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, handlers: LabelCap) -> None:
         self.name = name
         self.active: dict[int, Scope] = {}
+        self._handlers = handlers
+        # Series once seen are kept at 0 when idle, so dashboards and alerts see a
+        # value rather than a vanished series. Bounded: methods fold, handlers are capped.
+        self._seen: set[tuple[str, str]] = set()
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         family = GaugeMetricFamily(
             self.name, "HTTP requests currently being served", labels=("method", "handler")
         )
-        counts: dict[tuple[str, str], int] = {}
+        counts = dict.fromkeys(self._seen, 0)
         for scope in list(self.active.values()):  # list() is atomic under the GIL
-            key = (normalize_method(scope.get("method")), peek_route(scope) or UNMATCHED_LABEL)
+            template = peek_route(scope)
+            handler = UNMATCHED_LABEL if template is None else self._handlers.bound(template)
+            key = (normalize_method(scope.get("method")), handler)
             counts[key] = counts.get(key, 0) + 1
+        self._seen.update(counts)
         for (method, handler), count in sorted(counts.items()):
             family.add_metric((method, handler), count)
         yield family
@@ -66,8 +73,10 @@ class HttpMetrics:
         size_buckets: tuple[float, ...],
         *,
         multiprocess: bool,
+        max_handlers: int,
     ) -> None:
         self.buckets = buckets
+        self.handlers = LabelCap(max_handlers)
         self.size_buckets = size_buckets
         prefix = f"{namespace}_" if namespace else ""
         self.requests = Counter(
@@ -115,7 +124,7 @@ class HttpMetrics:
                 multiprocess_mode="livesum",
             )
         else:
-            self.in_flight = InFlight(f"{prefix}http_requests_in_progress")
+            self.in_flight = InFlight(f"{prefix}http_requests_in_progress", self.handlers)
             registry.register(self.in_flight)
 
 
@@ -132,6 +141,7 @@ def http_metrics_for(
     size_buckets: Sequence[float],
     *,
     multiprocess: bool,
+    max_handlers: int = 200,
 ) -> HttpMetrics:
     """Get or create the families for `registry` and `namespace`."""
     wanted = (tuple(float(b) for b in buckets), tuple(float(b) for b in size_buckets))
@@ -146,6 +156,13 @@ def http_metrics_for(
                 )
                 raise ValueError(msg)
             return existing
-        created = HttpMetrics(registry, namespace, wanted[0], wanted[1], multiprocess=multiprocess)
+        created = HttpMetrics(
+            registry,
+            namespace,
+            wanted[0],
+            wanted[1],
+            multiprocess=multiprocess,
+            max_handlers=max_handlers,
+        )
         known[namespace] = created
         return created

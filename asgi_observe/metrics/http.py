@@ -23,7 +23,6 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from asgi_observe.metrics._families import http_metrics_for
 from asgi_observe.routes import (
     UNMATCHED_LABEL,
-    LabelCap,
     RouteResolver,
     normalize_method,
     resolve_route,
@@ -61,7 +60,8 @@ class MetricsMiddleware:
         exclude_paths: exact paths not measured at all.
         route_resolver: a hook returning the route template for frameworks the built-in
             resolution does not know (Django, hand-written routers).
-        max_handlers: bound on distinct ``handler`` values; later ones become ``other``.
+        max_handlers: bound on distinct ``handler`` values; later ones become ``other``
+            (the first middleware built on a registry sets it).
         multiprocess: use a multiprocess-safe in-progress gauge (set by `instrument()` when
             ``PROMETHEUS_MULTIPROC_DIR`` is configured).
 
@@ -92,10 +92,12 @@ class MetricsMiddleware:
             buckets,
             size_buckets,
             multiprocess=multiprocess,
+            max_handlers=max_handlers,
         )
         self._exclude = frozenset(exclude_paths)
         self._resolver = route_resolver
-        self._handlers = LabelCap(max_handlers)
+        # One cap per family set: every middleware on a registry shares the bound.
+        self._handlers = self._metrics.handlers
         self._children: dict[tuple[str, int, str], _Children] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -104,10 +106,10 @@ class MetricsMiddleware:
             return
 
         start = perf_counter()
-        end = 0.0
         status = 0
         received = 0
         sent = 0
+        recorded = False
 
         async def receive_counting_bytes() -> Message:
             nonlocal received
@@ -118,14 +120,17 @@ class MetricsMiddleware:
             return message
 
         async def send_recording_response(message: Message) -> None:
-            nonlocal status, sent, end
+            nonlocal status, sent, recorded
             kind = message["type"]
             if kind == "http.response.body":
                 body = message.get("body")
                 if body:
                     sent += len(body)
-                if not message.get("more_body", False):
-                    end = perf_counter()
+                if not message.get("more_body", False) and not recorded:
+                    # Record before the last byte leaves: a client that has read its
+                    # response and then scrapes must find its request counted.
+                    recorded = True
+                    self._record_safely(scope, status, perf_counter() - start, received, sent)
             elif kind == "http.response.start":
                 status = message["status"]
             await send(message)
@@ -139,17 +144,19 @@ class MetricsMiddleware:
             downstream = self._track_in_progress(scope, send_recording_response)
         try:
             await self.app(scope, receive_counting_bytes, downstream)
-        except BaseException:
-            if not status:
-                status = 500
-            raise
-        finally:
+        finally:  # on an app exception: 500, or the status already sent
             if in_flight is not None:
                 in_flight.active.pop(key, None)
-            try:
-                self._record(scope, status or 500, (end or perf_counter()) - start, received, sent)
-            except Exception:
-                logger.exception("asgi_observe: failed to record HTTP metrics")
+            if not recorded:
+                self._record_safely(scope, status or 500, perf_counter() - start, received, sent)
+
+    def _record_safely(
+        self, scope: Scope, status: int, duration: float, received: int, sent: int
+    ) -> None:
+        try:
+            self._record(scope, status, duration, received, sent)
+        except Exception:
+            logger.exception("asgi_observe: failed to record HTTP metrics")
 
     def _track_in_progress(self, scope: Scope, send: Send) -> Send:
         """Multiprocess mode: count the request in progress once its route is known.

@@ -29,7 +29,10 @@ def traced(app: ASGIApp, provider: TracerProvider) -> ASGIApp:
 
 def test_prometheus_scrapes_series_with_labels_and_exemplars() -> None:
     registry = CollectorRegistry()
-    app = traced(instrument(build_api(), Settings(), registry=registry), TracerProvider())
+    app = traced(
+        instrument(build_api(Settings(), registry=registry), Settings(), registry=registry),
+        TracerProvider(),
+    )
     with run_uvicorn(app) as server:
         for slug in ("ubud", "canggu", "uluwatu"):
             status, _, _ = http_get(f"{server.url}/destinations/{slug}")

@@ -1,0 +1,1 @@
+"""Tests of the deployable assets: compose stack, Prometheus rules, Grafana dashboards."""
