@@ -8,18 +8,23 @@ responses the stack itself generates.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import Any
 
+from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from asgi_observe._lifespan import Hook, LifespanHooks
+from asgi_observe.access_log import AccessLogMiddleware
 from asgi_observe.metrics.exposition import metrics_app
 from asgi_observe.metrics.http import MetricsMiddleware
 from asgi_observe.metrics.internal import InternalMetricsServer
 from asgi_observe.metrics.legacy import legacy_metrics_app
+from asgi_observe.request_id import RequestIdMiddleware
 from asgi_observe.routes import ROUTE_SCOPE_KEY, SUBROUTE_SCOPE_KEY
 from asgi_observe.settings import Settings
+from asgi_observe.tracing import TracingMiddleware, setup_tracing, shutdown_tracing
 from asgi_observe.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = [
@@ -101,7 +106,7 @@ class ObservedApp:
         app: ASGIApp,
         settings: Settings,
         registry: CollectorRegistry,
-        tracer_provider: Any,
+        tracer_provider: TracerProvider | Any,
     ) -> None:
         self.stack = stack
         self.app = app
@@ -133,7 +138,7 @@ def instrument(
     *,
     health: ASGIApp | None = None,
     registry: CollectorRegistry | None = None,
-    tracer_provider: Any = None,
+    tracer_provider: TracerProvider | Any = None,
 ) -> ObservedApp:
     """Wrap `app` in the full observability stack.
 
@@ -142,7 +147,11 @@ def instrument(
         settings: the configuration (default: `Settings.from_env()`, read once here).
         health: an ASGI app (usually a `HealthApp`) mounted at ``/health``.
         registry: the Prometheus registry (default: prometheus-client's global one).
-        tracer_provider: a provider to use instead of calling `setup_tracing(settings)`.
+        tracer_provider: a provider to use instead of calling `setup_tracing(settings)`;
+            the stack then leaves its flushing and shutdown to you.
+
+    Logging is configured separately, by `configure_logging(settings)`, because it is
+    process-wide and usually set up before the app is built.
 
     With ``METRICS_INTERNAL_PORT`` set, ``/metrics`` and ``/metrics/legacy`` are served on
     that port for the app's lifetime (started and stopped by the ASGI lifespan) and are
@@ -171,14 +180,27 @@ def instrument(
             startup.append(internal.start)
             shutdown.append(internal.stop)
 
+    own_provider = tracer_provider is None
+    provider = setup_tracing(settings) if own_provider else tracer_provider
+    if own_provider:
+
+        async def flush_tracing() -> None:
+            # A black-holed collector must not hold the shutdown: bounded, off the loop.
+            await asyncio.to_thread(shutdown_tracing, provider)
+
+        shutdown.append(flush_tracing)
+
     stack: ASGIApp = PathDispatch(app, endpoints=endpoints, health=health)
+    stack = AccessLogMiddleware(stack, trusted_proxies=settings.trusted_proxies)
     if settings.enable_metrics:
         stack = MetricsMiddleware(
             stack,
             registry=registry,
             multiprocess=settings.prometheus_multiproc_dir is not None,
         )
+    stack = TracingMiddleware(stack, tracer_provider=provider, excluded_urls=settings.excluded_urls)
+    stack = RequestIdMiddleware(stack)
     stack = LifespanHooks(stack, startup=startup, shutdown=shutdown)
     return ObservedApp(
-        stack, app=app, settings=settings, registry=registry, tracer_provider=tracer_provider
+        stack, app=app, settings=settings, registry=registry, tracer_provider=provider
     )

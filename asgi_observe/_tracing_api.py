@@ -1,0 +1,253 @@
+"""The manual-tracing surface: `tracer`, `add_span_attributes`, `record_exception`.
+
+It also owns the PII policy for span data written by our own code: every string that
+becomes a span or event attribute goes through `asgi_observe.pii.redact` here, at the
+moment it is set, so spans are PII-safe whichever `TracerProvider` records them (a
+provider built by `setup_tracing` additionally redacts spans of other instrumentations
+at export time, see `_tracing_setup`).
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+import urllib.parse
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.util import types
+from opentelemetry.util._decorator import _agnosticcontextmanager
+
+from asgi_observe import pii
+
+__all__ = [
+    "APP_TRACER_NAME",
+    "INSTRUMENTATION_NAME",
+    "TRACER_CONTEXT_KEY",
+    "add_span_attributes",
+    "clean_attribute",
+    "exception_type_name",
+    "record_exception",
+    "record_exception_on",
+    "redact_query",
+    "redact_text",
+    "tracer",
+]
+
+logger = logging.getLogger("asgi_observe")
+
+INSTRUMENTATION_NAME = "asgi_observe"
+"""Instrumentation scope of the server spans `TracingMiddleware` makes."""
+
+APP_TRACER_NAME = "asgi_observe.app"
+"""Instrumentation scope of spans made through `tracer`: the application's own code,
+kept apart from the server spans so export-time redaction treats them as untrusted."""
+
+TRACER_CONTEXT_KEY = otel_context.create_key("asgi_observe.tracer")
+"""Context key under which `TracingMiddleware` publishes the tracer of its provider.
+
+`tracer` looks here first, so manual spans inside a request land in the same provider as
+the request's server span even when that provider is not the global one (an injected
+provider in `instrument(tracer_provider=...)`, or a private one in tests).
+"""
+
+_REDACTION_FAILED = "[REDACTION_FAILED]"
+_reported: set[str] = set()
+
+
+def report_once(key: str, message: str, *args: object) -> None:
+    """Log one of our own failures once per process, with its traceback."""
+    if key in _reported:
+        return
+    _reported.add(key)
+    logger.warning(message, *args, exc_info=True)
+
+
+def redact_text(value: str) -> str:
+    """`redact()` for a string bound for a span; a failing redactor hides the value."""
+    try:
+        return pii.redact_text(value)
+    except Exception:
+        report_once("redact", "asgi_observe: redacting a span attribute failed; value hidden")
+        return _REDACTION_FAILED
+
+
+def redact_query(query: str) -> str:
+    """Redact a raw query string, seeing through percent-encoding.
+
+    ``email=bob%40example.com`` hides the ``@`` the e-mail pattern looks for, so an
+    encoded query is also checked decoded; when that reveals something, the redacted
+    decoded form is kept, otherwise the query stays exactly as it was sent.
+    """
+    if "%" not in query:
+        return redact_text(query)
+    decoded = urllib.parse.unquote(query, errors="replace")
+    redacted = redact_text(decoded)
+    return redacted if redacted != decoded else redact_text(query)
+
+
+def clean_attribute(key: str, value: object) -> types.AttributeValue | None:
+    """Coerce a user value to an OpenTelemetry attribute value, redacting every string.
+
+    Values under a sensitive key (``password``, ``api_key``, ``*_token``, see
+    `asgi_observe.pii.SENSITIVE_KEYS`) become ``[REDACTED]`` whatever they are. Strings,
+    bools, ints and floats pass (strings redacted); homogeneous sequences of them become
+    lists; None is dropped; anything else is recorded as the ``str()`` of its redacted
+    form rather than silently discarded by the SDK.
+    """
+    if value is None:
+        return None
+    if pii.is_sensitive_key(key):
+        return pii.REDACTED
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, (bool, int, float)):
+        return value
+    if isinstance(value, (list, tuple)):
+        if all(isinstance(item, str) for item in value):
+            return [redact_text(item) for item in value]
+        for kind in (bool, int, float):
+            if all(type(item) is kind for item in value):
+                return list(value)
+    try:
+        return str(pii.redact(value))
+    except Exception:
+        report_once("redact", "asgi_observe: redacting a span attribute failed; value hidden")
+        return _REDACTION_FAILED
+
+
+def exception_type_name(exc: BaseException) -> str:
+    """The fully qualified class name the semantic conventions ask for in ``error.type``."""
+    cls = type(exc)
+    module = cls.__module__
+    return cls.__qualname__ if module in (None, "builtins") else f"{module}.{cls.__qualname__}"
+
+
+def record_exception_on(span: Span, exc: BaseException, *, escaped: bool = False) -> None:
+    """Add a redacted ``exception`` event, ``error.type`` and an ERROR status to `span`.
+
+    `Span.record_exception` would put the raw message and stack trace (which ends with
+    the message) on the event; both may hold PII, so the event is built here instead.
+    """
+    type_name = exception_type_name(exc)
+    try:
+        message = redact_text(str(exc))
+        stacktrace = redact_text(
+            "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        )
+    except Exception:  # an exception whose __str__ raises must not raise here too
+        message = f"<unprintable {type(exc).__qualname__}>"
+        stacktrace = message
+    span.add_event(
+        "exception",
+        {
+            "exception.type": type_name,
+            "exception.message": message,
+            "exception.stacktrace": stacktrace,
+            "exception.escaped": str(escaped),
+        },
+    )
+    span.set_attribute("error.type", type_name)
+    span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {message}"))
+
+
+def add_span_attributes(**attributes: Any) -> None:
+    """Set attributes on the current span, each string passed through `redact()`.
+
+    Values under sensitive keys (``password=...``, ``api_key=...``) become
+    ``[REDACTED]``. A no-op outside a span or on an unsampled one (nothing is built then). Values that
+    are not valid attribute types are recorded as their redacted ``str()``.
+    """
+    span = trace.get_current_span()
+    if not span.is_recording():
+        return
+    cleaned: dict[str, types.AttributeValue] = {}
+    for key, value in attributes.items():
+        item = clean_attribute(key, value)
+        if item is not None:
+            cleaned[key] = item
+    if cleaned:
+        span.set_attributes(cleaned)
+
+
+def record_exception(exc: BaseException) -> None:
+    """Record `exc` on the current span: a redacted exception event, ``error.type``, ERROR.
+
+    Meant for exceptions the code handles (``except Exception as e: record_exception(e)``);
+    exceptions escaping a request are recorded by `TracingMiddleware` itself.
+    """
+    span = trace.get_current_span()
+    if span.is_recording():
+        record_exception_on(span, exc)
+
+
+class _CurrentTracer(trace.Tracer):
+    """A `Tracer` that resolves its provider at each call, never at import.
+
+    Inside a request traced by `TracingMiddleware` it uses that middleware's provider;
+    elsewhere the global provider, whenever it is installed (so `setup_tracing` may run
+    after modules did ``from asgi_observe import tracer``).
+    """
+
+    def __init__(self) -> None:
+        # The API's proxy tracer follows the global provider once one is installed.
+        self._global = trace.get_tracer(APP_TRACER_NAME)
+
+    def _current(self) -> trace.Tracer:
+        found = otel_context.get_value(TRACER_CONTEXT_KEY)
+        return found if isinstance(found, trace.Tracer) else self._global
+
+    def start_span(  # noqa: PLR0917 - the signature of opentelemetry's Tracer API
+        self,
+        name: str,
+        context: otel_context.Context | None = None,
+        kind: SpanKind = SpanKind.INTERNAL,
+        attributes: types.Attributes = None,
+        links: Sequence[trace.Link] | None = None,
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+    ) -> Span:
+        return self._current().start_span(
+            name,
+            context,
+            kind,
+            attributes,
+            links,
+            start_time,
+            record_exception,
+            set_status_on_exception,
+        )
+
+    @_agnosticcontextmanager
+    def start_as_current_span(  # noqa: PLR0917 - the signature of opentelemetry's Tracer API
+        self,
+        name: str,
+        context: otel_context.Context | None = None,
+        kind: SpanKind = SpanKind.INTERNAL,
+        attributes: types.Attributes = None,
+        links: Sequence[trace.Link] | None = None,
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+        end_on_exit: bool = True,
+    ) -> Iterator[Span]:
+        with self._current().start_as_current_span(
+            name,
+            context,
+            kind,
+            attributes,
+            links,
+            start_time,
+            record_exception,
+            set_status_on_exception,
+            end_on_exit,
+        ) as span:
+            yield span
+
+
+tracer: trace.Tracer = _CurrentTracer()
+"""Use as ``with tracer.start_as_current_span("work") as span: ...`` anywhere."""

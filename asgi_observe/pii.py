@@ -1,0 +1,371 @@
+"""Redaction of personal data and secrets from everything the stack writes down.
+
+This module owns the patterns (`PII_PATTERNS`), the sensitive-key rule, `redact()` and
+the structlog processor `PIIRedactor` that `configure_logging` puts in every chain, so
+application logs, stdlib/uvicorn lines, access logs and exception text share one
+sanitizer. It is tuned for the hot path: with the default patterns a string that cannot
+contain any of them (no ``@``, no ``eyJ``, no run of seven digits and separators, no
+secret-looking keyword) is returned after a few substring checks, without running a
+single substitution. Operational values -- trace and span ids, UUIDs, hex request ids,
+ISO timestamps, IPv4 addresses, version strings, small numbers and durations -- are
+deliberately left alone: every number pattern is anchored on non-word boundaries, so
+digit runs inside hex ids or dotted addresses never match.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, overload
+
+from structlog.typing import EventDict, WrappedLogger
+
+__all__ = [
+    "MAX_DEPTH",
+    "PII_PATTERNS",
+    "REDACTED",
+    "SENSITIVE_KEYS",
+    "PIIRedactor",
+    "Replacement",
+    "is_sensitive_key",
+    "luhn_valid",
+    "redact",
+    "redact_text",
+]
+
+REDACTED = "[REDACTED]"
+"""What the value of a sensitive key (``authorization``, ``password``, ...) becomes."""
+
+MAX_DEPTH = 8
+"""Containers nested deeper than this are cut (this also stops reference cycles)."""
+
+SENSITIVE_KEYS: tuple[str, ...] = (
+    "authorization",
+    "cookie",
+    "password",
+    "passwd",
+    "secret",
+    "token",
+    "api_key",
+    "apikey",
+    "session",
+    "sessionid",
+    "session_id",
+    "credentials",
+    "private_key",
+    "privatekey",
+    "secret_key",
+    "jwt",
+)
+"""Key endings whose values are always replaced by `REDACTED`.
+
+A key is compared lower-cased with ``-`` turned into ``_`` and matches when it *ends* with
+one of these, so ``Set-Cookie``, ``X-API-Key``, ``db_password``, ``access_token``,
+``sessionId`` and ``http.request.header.authorization`` are caught while ``tokens_used``,
+``token_type`` and ``session_count`` are not.
+"""
+
+Replacement = str | Callable[["re.Match[str]"], str]
+"""A replacement as `re.sub` accepts it: a template string or a function of the match."""
+
+# All patterns are ASCII-only on purpose: `\d` must not match other scripts' digits and
+# `\w` is then exactly [A-Za-z0-9_], which is what the boundaries below rely on.
+_A = re.ASCII
+# A number starts where no word character, dot, plus or dash precedes it, and ends where
+# no word character or dash follows, nor a dot followed by a digit. This keeps digit runs
+# inside UUIDs, hex ids, dotted IPv4 addresses and decimals out of every number pattern,
+# while "call 555-123-4567." (a sentence-ending dot) still matches.
+_NUM_START = r"(?<![\w.+\-])"
+_NUM_END = r"(?![\w\-]|\.\d)"
+
+
+def luhn_valid(digits: str) -> bool:
+    """The Luhn (mod 10) checksum of a string of ASCII digits; payment cards satisfy it."""
+    total = 0
+    for index, char in enumerate(reversed(digits)):
+        value = ord(char) - 48
+        if index % 2:
+            value *= 2
+            if value > 9:
+                value -= 9
+        total += value
+    return total % 10 == 0
+
+
+def _only_digits(text: str) -> str:
+    return "".join(char for char in text if "0" <= char <= "9")
+
+
+_URL_CREDENTIALS = re.compile(r"(://)[^\s/@:]+:[^\s/@]*@", _A)
+_JWT = re.compile(r"eyJ[\w\-]+\.[\w\-]+\.[\w\-]*(?:\.[\w\-]*){0,2}", _A)
+_AUTH_SCHEME = re.compile(r"(?i)\b(bearer|basic)(\s+)[\w.~+/\-]{6,}=*", _A)
+_SECRET_ASSIGNMENT = re.compile(
+    r"(?i)(?<![\w\-])"
+    r"((?:[\w\-]*[_\-])?(?:password|passwd|pwd|secret|token|api[_\-]?key)"
+    r"[\"']?\s*[=:]\s*[\"']?)"
+    r"(?!\[REDACTED)[^\s\"'&,;}]+",
+    _A,
+)
+_EMAIL = re.compile(
+    r"(?<![\w.!#$%*+^~\-])[\w.!#$%*+^~\-]{1,64}(?:@|%40)(?:[A-Za-z0-9\-]{1,63}\.)+[A-Za-z][A-Za-z0-9\-]{0,62}"
+    r"(?![\w\-])",
+    _A,
+)
+_NUMBERS = re.compile(
+    _NUM_START
+    + r"(?:"
+    # payment cards: 13-19 digits, first 2-6 (the card networks; epoch-millisecond and
+    # nanosecond timestamps start with 1), single spaces or dashes anywhere; Luhn-checked
+    + r"(?P<card>[2-6]\d{3}(?:[ \-]?\d){9,15})"
+    # US social security numbers, without the ranges the SSA never issues
+    + r"|(?P<ssn>(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4})"
+    # international phones: +CC then separator-led groups (unambiguous: no backtracking
+    # blow-up on long digit runs), or +CC and the number written without separators
+    + r"|(?P<intl>\+\d{1,3}(?:[ .\-]?\(\d{1,4}\)[ .\-]?\d{1,12}|[ .\-]\d{1,12}){1,6}|\+\d{8,15})"
+    # North American: (555) 123-4567, 555-123-4567, 555.123.4567, 555 123 4567
+    + r"|(?P<nanp>(?:\(\d{3}\)[ .\-]?|\d{3}[ .\-])\d{3}[ .\-]\d{4})"
+    # national numbers with a trunk 0: 0812-3456-7890, 020 7946 0958, 081234567890
+    + r"|(?P<national>0\d{1,4}(?:[ \-]\d{2,5}){1,3}|0[1-9]\d{7,11})"
+    + r")"
+    + _NUM_END,
+    _A,
+)
+
+
+def _number(match: re.Match[str]) -> str:
+    kind = match.lastgroup
+    text = match.group()
+    if kind == "ssn":
+        return "[REDACTED_SSN]"
+    digits = _only_digits(text)
+    if kind == "card":
+        return "[REDACTED_CC]" if luhn_valid(digits) else text
+    if kind == "nanp":
+        return "[REDACTED_PHONE]"
+    low = 9 if kind == "national" else 8
+    return "[REDACTED_PHONE]" if low <= len(digits) <= 15 else text
+
+
+PII_PATTERNS: list[tuple[re.Pattern[str], Replacement]] = [
+    (_URL_CREDENTIALS, r"\1[REDACTED]@"),
+    (_JWT, "[REDACTED_JWT]"),
+    (_AUTH_SCHEME, r"\1\2[REDACTED]"),
+    (_SECRET_ASSIGNMENT, r"\1[REDACTED]"),
+    (_EMAIL, "[REDACTED_EMAIL]"),
+    (_NUMBERS, _number),
+]
+"""The (compiled pattern, replacement) pairs applied, in order, to every string.
+
+Edit it in place (``PII_PATTERNS.append((re.compile(...), "[REDACTED_X]"))``) to add
+your own; replacements may be functions of the match, as with `re.sub`. The defaults
+are: credentials in URLs, JWTs, ``Bearer``/``Basic`` credentials, ``password=...``-style
+assignments in free text, e-mail addresses, and one pattern for numbers (payment cards,
+Luhn-checked; SSNs; phone numbers, digit-count-checked). While the list holds exactly
+the defaults, cheap checks skip the patterns a string cannot match; once it is changed
+every pattern runs on every string.
+"""
+
+_DEFAULTS: list[tuple[re.Pattern[str], Replacement]] = list(PII_PATTERNS)
+_DEFAULT_LIST = PII_PATTERNS
+# Every number pattern needs seven consecutive characters among digits and "( ) . - ",
+# so the string's "shape" (one byte per character class, computed in C) must contain
+# seven such bytes in a row before the number pattern is worth running.
+_SHAPE = bytes(ord("d") if chr(byte) in "0123456789 ().-" else ord("x") for byte in range(256))
+_SEVEN = b"ddddddd"
+_SECRET_WORDS = ("pass", "pwd", "secret", "token", "key")
+
+
+def _redact_defaults(text: str) -> str:
+    at_sign = "@" in text or "%40" in text  # an e-mail in a percent-encoded query too
+    jwt = "eyJ" in text
+    lowered = text.lower()
+    scheme = "bearer" in lowered or "basic" in lowered
+    assignment = ("=" in text or ":" in text) and (
+        "pass" in lowered
+        or "pwd" in lowered
+        or "secret" in lowered
+        or "token" in lowered
+        or "key" in lowered
+    )
+    numbers = _SEVEN in text.encode("utf-8", "ignore").translate(_SHAPE)
+    if not (at_sign or jwt or scheme or assignment or numbers):
+        return text
+    # Same order as PII_PATTERNS; placeholders never create a new trigger, so gates
+    # computed on the original text stay valid for the partially redacted one.
+    result = text
+    if at_sign and "://" in text:
+        result = _URL_CREDENTIALS.sub(r"\1[REDACTED]@", result)
+    if jwt:
+        result = _JWT.sub("[REDACTED_JWT]", result)
+    if scheme:
+        result = _AUTH_SCHEME.sub(r"\1\2[REDACTED]", result)
+    if assignment:
+        result = _SECRET_ASSIGNMENT.sub(r"\1[REDACTED]", result)
+    if at_sign:
+        result = _EMAIL.sub("[REDACTED_EMAIL]", result)
+    if numbers:
+        result = _NUMBERS.sub(_number, result)
+    return result
+
+
+_cache: dict[str, str] = {}
+_CACHE_MAX_TEXT = 256
+_CACHE_SIZE = 4096
+
+
+def redact_text(text: str) -> str:
+    """Apply `PII_PATTERNS` to one string; returns the same object when nothing matched."""
+    patterns = PII_PATTERNS
+    if patterns is _DEFAULT_LIST and patterns == _DEFAULTS:
+        # Log values repeat (methods, routes, user agents, event names): short strings
+        # are memoised. The cache is dropped whole when full, which bounds its memory.
+        cached = _cache.get(text)
+        if cached is not None:
+            return cached
+        result = _redact_defaults(text)
+        if result == text:
+            result = text
+        if len(text) <= _CACHE_MAX_TEXT:
+            if len(_cache) >= _CACHE_SIZE:
+                _cache.clear()
+            _cache[text] = result
+        return result
+    result = text
+    for pattern, replacement in patterns:
+        result = pattern.sub(replacement, result)
+    return text if result == text else result
+
+
+_SUFFIXES = tuple(SENSITIVE_KEYS)
+_key_cache: dict[str, bool] = {}
+_KEY_CACHE_LIMIT = 4096
+
+
+def is_sensitive_key(key: object) -> bool:
+    """Whether values under `key` are secrets, whatever they look like (see `SENSITIVE_KEYS`)."""
+    if not isinstance(key, str):
+        return False
+    cached = _key_cache.get(key)
+    if cached is not None:
+        return cached
+    normalized = key.lower().replace("-", "_")
+    sensitive = normalized.endswith(_SUFFIXES)
+    if len(_key_cache) < _KEY_CACHE_LIMIT:  # keys can come from user data: keep the cache bounded
+        _key_cache[key] = sensitive
+    return sensitive
+
+
+_PASSTHROUGH_KEYS = frozenset({"_record", "_from_structlog"})  # ProcessorFormatter internals
+
+
+def _clean(value: Any, depth: int) -> Any:
+    kind = type(value)
+    if kind is str:
+        return redact_text(value)
+    if value is None or kind is int or kind is bool:
+        return value
+    if kind is float:
+        # NaN and infinities are not JSON; json.dumps would write invalid tokens.
+        return value if math.isfinite(value) else str(value)
+    if depth >= MAX_DEPTH:
+        return "[MAX_DEPTH]"
+    if isinstance(value, Mapping):
+        return {
+            _clean_key(k): (REDACTED if is_sensitive_key(k) else _clean(v, depth + 1))
+            for k, v in value.items()
+        }
+    if kind is list or kind is tuple:
+        cleaned = [_clean(item, depth + 1) for item in value]
+        return cleaned if kind is list else tuple(cleaned)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return redact_text(bytes(value).decode("utf-8", "backslashreplace"))
+    if isinstance(value, (int, float)):  # IntEnum, numpy-free subclasses: keep numeric
+        return value
+    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, (set, frozenset, list, tuple)):
+        return [_clean(item, depth + 1) for item in value]
+    if isinstance(value, BaseException):
+        return redact_text(_safe_str(value, exception=True))
+    return redact_text(_safe_str(value))
+
+
+def _clean_key(key: Any) -> Any:
+    if key is None or isinstance(key, (str, int, float, bool)):
+        return key
+    return _safe_str(key)  # JSON objects only have string keys
+
+
+def _safe_str(value: Any, *, exception: bool = False) -> str:
+    try:
+        text = str(value)
+    except Exception:
+        return f"<unprintable {type(value).__qualname__}>"
+    if exception:
+        name = type(value).__qualname__
+        return f"{name}: {text}" if text else name
+    return text
+
+
+@overload
+def redact(value: str) -> str: ...
+@overload
+def redact(value: Any) -> Any: ...
+def redact(value: Any) -> Any:
+    """Return `value` with personal data and secrets replaced by placeholders.
+
+    Strings go through `PII_PATTERNS`; dicts, lists and tuples are rebuilt recursively
+    (values under sensitive keys become ``[REDACTED]``); bytes are decoded leniently
+    and redacted; datetimes become ISO strings; ints, bools and None are unchanged; any
+    other object is rendered with ``str()`` and redacted. It never raises.
+    """
+    try:
+        return _clean(value, 0)
+    except Exception:  # a pathological object (e.g. a mapping whose items() raises)
+        return f"<unredactable {type(value).__qualname__}>"
+
+
+class PIIRedactor:
+    """A structlog processor applying `redact` to every value of the event dict.
+
+    Values under sensitive keys are replaced whatever they are; everything else is
+    redacted recursively and made JSON-safe (bytes, datetimes, arbitrary objects become
+    strings), so the renderer after it cannot raise. Put it after ``format_exc_info`` so
+    exception text is covered too.
+
+    Args:
+        sensitive_keys: key endings to redact wholesale; defaults to `SENSITIVE_KEYS`.
+    """
+
+    def __init__(self, *, sensitive_keys: Iterable[str] | None = None) -> None:
+        if sensitive_keys is None:
+            self._is_sensitive: Callable[[object], bool] = is_sensitive_key
+        else:
+            suffixes = tuple(k.lower().replace("-", "_") for k in sensitive_keys)
+
+            def is_sensitive(key: object) -> bool:
+                return isinstance(key, str) and key.lower().replace("-", "_").endswith(suffixes)
+
+            self._is_sensitive = is_sensitive
+
+    def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+        is_sensitive = self._is_sensitive
+        known = _key_cache if is_sensitive is is_sensitive_key else None
+        for key, value in event_dict.items():
+            sensitive = known.get(key) if known is not None else None
+            if sensitive is None:
+                sensitive = is_sensitive(key)
+            if sensitive:
+                event_dict[key] = REDACTED
+                continue
+            kind = type(value)
+            if kind is str:
+                event_dict[key] = redact_text(value)
+            elif not (value is None or kind is int or kind is bool or kind is float):
+                if key not in _PASSTHROUGH_KEYS:
+                    event_dict[key] = redact(value)
+            elif kind is float and not math.isfinite(value):
+                event_dict[key] = str(value)
+        return event_dict

@@ -1,0 +1,373 @@
+"""AccessLogMiddleware: one safe, complete line per HTTP request."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import ipaddress
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from asgi_observe.access_log import MAX_PATH, AccessLogMiddleware
+from asgi_observe.logging import configure_logging
+from asgi_observe.request_id import RequestIdMiddleware
+from asgi_observe.settings import Settings
+from asgi_observe.types import ASGIApp, Message, Receive, Scope, Send
+from tests.logging_support import json_logs, lines, restore_logging
+
+__all__ = ["json_logs", "restore_logging"]  # fixtures used below
+
+FIELDS = {
+    "method",
+    "path",
+    "route",
+    "status",
+    "duration_ms",
+    "client_ip",
+    "user_agent",
+    "response_size",
+    "request_id",
+    "trace_id",
+    "span_id",
+}
+
+
+class RecordingLogger:
+    """Collects (level, event, fields) like a structlog logger would receive them."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[str, str, dict[str, Any]]] = []
+
+    def info(self, event: str, **fields: Any) -> None:
+        self.records.append(("info", event, fields))
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self.records.append(("warning", event, fields))
+
+    def error(self, event: str, **fields: Any) -> None:
+        self.records.append(("error", event, fields))
+
+
+def _app() -> ASGIApp:
+    async def item(request: Request) -> PlainTextResponse:
+        await asyncio.sleep(0)
+        return PlainTextResponse(f"item {request.path_params.get('item_id', '')}")
+
+    async def missing(request: Request) -> Response:
+        return Response("gone", status_code=410)
+
+    async def boom(request: Request) -> Response:
+        raise RuntimeError("failed for bob@example.com")
+
+    async def stream(request: Request) -> StreamingResponse:
+        async def chunks() -> AsyncIterator[bytes]:
+            for chunk in (b"abc", b"defg", b""):
+                yield chunk
+
+        return StreamingResponse(chunks())
+
+    return Starlette(
+        routes=[
+            Route("/items/{item_id}", item),
+            Route("/gone", missing),
+            Route("/boom", boom),
+            Route("/stream", stream),
+            Route("/metrics", item),
+        ]
+    )
+
+
+def _client(app: ASGIApp, *, raise_app_exceptions: bool = True) -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(
+        app=app, raise_app_exceptions=raise_app_exceptions, client=("203.0.113.9", 4000)
+    )
+    return httpx.AsyncClient(transport=transport, base_url="http://testserver")
+
+
+async def test_one_line_with_every_field() -> None:
+    logger = RecordingLogger()
+    app = RequestIdMiddleware(AccessLogMiddleware(_app(), logger=logger))
+    async with _client(app) as client:
+        response = await client.get(
+            "/items/42?page=2", headers={"User-Agent": "probe/1.0", "X-Request-ID": "rid-1"}
+        )
+    assert response.status_code == 200
+    [(level, event, fields)] = logger.records
+    assert (level, event) == ("info", "request")
+    assert set(fields) == FIELDS
+    assert fields["method"] == "GET"
+    assert fields["path"] == "/items/42?page=2"
+    assert fields["route"] == "/items/{item_id}"
+    assert fields["status"] == 200
+    assert isinstance(fields["duration_ms"], float)
+    assert fields["duration_ms"] >= 0
+    assert fields["client_ip"] == "203.0.113.9"
+    assert fields["user_agent"] == "probe/1.0"
+    assert fields["response_size"] == len(b"item 42")
+    assert fields["request_id"] == "rid-1"
+    assert fields["trace_id"] is None
+    assert fields["span_id"] is None
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "level", "route"),
+    [
+        ("/items/1", 200, "info", "/items/{item_id}"),
+        ("/gone", 410, "warning", "/gone"),
+        ("/nowhere", 404, "warning", None),
+        ("/boom", 500, "error", "/boom"),
+    ],
+)
+async def test_level_follows_status(path: str, status: int, level: str, route: str | None) -> None:
+    logger = RecordingLogger()
+    async with _client(
+        AccessLogMiddleware(_app(), logger=logger), raise_app_exceptions=False
+    ) as client:
+        response = await client.get(path)
+    assert response.status_code == status
+    [(got_level, _, fields)] = logger.records
+    assert (got_level, fields["status"], fields["route"]) == (level, status, route)
+
+
+async def test_app_exception_is_logged_redacted_and_reraised_unchanged() -> None:
+    logger = RecordingLogger()
+    error = ValueError("card 4111 1111 1111 1111 declined")
+
+    async def raw_app(scope: Scope, receive: Receive, send: Send) -> None:
+        raise error
+
+    async with _client(AccessLogMiddleware(raw_app, logger=logger)) as client:
+        with pytest.raises(ValueError, match="declined") as info:
+            await client.get("/pay")
+    assert info.value is error
+    [(level, _, fields)] = logger.records
+    assert (level, fields["status"]) == ("error", 500)
+    assert fields["error"] == "ValueError: card [REDACTED_CC] declined"
+
+
+async def test_streamed_body_sizes_add_up() -> None:
+    logger = RecordingLogger()
+    async with _client(AccessLogMiddleware(_app(), logger=logger)) as client:
+        response = await client.get("/stream")
+    assert response.content == b"abcdefg"
+    assert logger.records[0][2]["response_size"] == 7
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        (b"token=abc&page=2", "token=[REDACTED]&page=2"),
+        (b"access_token=abc", "access_token=[REDACTED]"),
+        (b"API-Key=abc&Password=x", "API-Key=[REDACTED]&Password=[REDACTED]"),
+        (b"code=oauth-code&state=s1", "code=[REDACTED]&state=s1"),
+        (
+            b"X-Amz-Signature=deadbeef&X-Amz-Expires=60",
+            "X-Amz-Signature=[REDACTED]&X-Amz-Expires=60",
+        ),
+        (b"email=bob%40example.com", "email=[REDACTED_EMAIL]"),
+        (b"email=bob@example.com", "email=[REDACTED_EMAIL]"),
+        (b"bob%40example.com", "[REDACTED_EMAIL]"),
+        (b"q=caf%C3%A9&n=1", "q=caf%C3%A9&n=1"),
+        (b"flag&x=", "flag&x="),
+        (b"a=%ZZ", "a=%ZZ"),
+    ],
+)
+async def test_query_redaction(query: bytes, expected: str) -> None:
+    logger = RecordingLogger()
+    middleware = AccessLogMiddleware(_app(), logger=logger)
+    await _call(middleware, _scope("/items/1", query=query))
+    await _call(middleware, _scope("/items/1", query=query))  # second time: from the cache
+    assert [r[2]["path"] for r in logger.records] == [f"/items/1?{expected}"] * 2
+
+
+async def test_pii_in_path_and_user_agent_is_redacted() -> None:
+    logger = RecordingLogger()
+    middleware = AccessLogMiddleware(_app(), logger=logger)
+    await _call(
+        middleware,
+        _scope(
+            "/users/bob@example.com", headers=[(b"user-agent", b"bot (+mailto:ops@example.com)")]
+        ),
+    )
+    fields = logger.records[0][2]
+    assert fields["path"] == "/users/[REDACTED_EMAIL]"
+    assert fields["user_agent"] == "bot (+mailto:[REDACTED_EMAIL])"
+
+
+async def test_control_characters_cannot_forge_lines() -> None:
+    logger = RecordingLogger()
+    middleware = AccessLogMiddleware(_app(), logger=logger)
+    await _call(
+        middleware,
+        _scope(
+            "/a\r\nlevel=error fake\x1b[31m\u2028x\x85",
+            query=b"q=\n1",
+            headers=[(b"user-agent", b"ua\r\n\x1b]0;title\x07 \xff")],
+            method="G\nET",
+        ),
+    )
+    fields = logger.records[0][2]
+    for key in ("path", "user_agent", "method"):
+        assert fields[key].isprintable(), fields[key]
+    assert fields["path"] == "/a\\x0d\\x0alevel=error fake\\x1b[31m\\u2028x\\x85?q=\\x0a1"
+    assert fields["user_agent"] == "ua\\x0d\\x0a\\x1b]0;title\\x07 \u00ff"
+
+
+async def test_long_values_are_bounded() -> None:
+    logger = RecordingLogger()
+    await _call(
+        AccessLogMiddleware(_app(), logger=logger),
+        _scope("/" + "a" * 10_000, query=b"&".join([b"k=v"] * 5000)),
+    )
+    path = logger.records[0][2]["path"]
+    assert len(path) <= MAX_PATH + 3
+    assert path.endswith("...")
+
+
+async def test_default_exclude_paths_and_custom_ones() -> None:
+    logger = RecordingLogger()
+    middleware = AccessLogMiddleware(_app(), logger=logger)
+    for path in ("/metrics", "/health/live", "/health/ready"):
+        await _call(middleware, _scope(path))
+    assert logger.records == []
+    custom = AccessLogMiddleware(_app(), logger=logger, exclude_paths=["/items/1"])
+    await _call(custom, _scope("/items/1"))
+    await _call(custom, _scope("/metrics"))
+    assert [r[2]["path"] for r in logger.records] == ["/metrics"]
+
+
+async def test_trusted_proxies_decide_client_ip() -> None:
+    logger = RecordingLogger()
+    trusted = (ipaddress.ip_network("10.0.0.0/8"),)
+    middleware = AccessLogMiddleware(_app(), logger=logger, trusted_proxies=trusted)
+    forwarded = [(b"x-forwarded-for", b"6.6.6.6, 198.51.100.4")]
+    await _call(middleware, _scope("/items/1", headers=forwarded, client=("10.1.2.3", 1)))
+    await _call(middleware, _scope("/items/1", headers=forwarded, client=("203.0.113.5", 1)))
+    assert [r[2]["client_ip"] for r in logger.records] == ["198.51.100.4", "203.0.113.5"]
+
+
+async def test_trace_and_span_ids_of_the_current_span() -> None:
+    logger = RecordingLogger()
+    tracer = TracerProvider().get_tracer("test")
+    inner = AccessLogMiddleware(_app(), logger=logger)
+
+    async def traced(scope: Scope, receive: Receive, send: Send) -> None:
+        with tracer.start_as_current_span("server") as span:
+            context = span.get_span_context()
+            scope["test.ids"] = (format(context.trace_id, "032x"), format(context.span_id, "016x"))
+            await inner(scope, receive, send)
+
+    scope = _scope("/items/1")
+    await _call(traced, scope)
+    fields = logger.records[0][2]
+    assert (fields["trace_id"], fields["span_id"]) == scope["test.ids"]
+
+
+async def test_non_http_scopes_pass_through() -> None:
+    logger = RecordingLogger()
+    seen: list[str] = []
+
+    async def raw_app(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.append(scope["type"])
+
+    middleware = AccessLogMiddleware(raw_app, logger=logger)
+    await _call(middleware, {"type": "lifespan"})
+    await _call(middleware, {"type": "websocket", "path": "/ws", "headers": []})
+    assert seen == ["lifespan", "websocket"]
+    assert logger.records == []
+
+
+class BrokenLogger:
+    def info(self, event: str, **fields: Any) -> None:
+        raise OSError("disk full")
+
+    warning = error = info
+
+
+async def test_a_failing_logger_never_reaches_the_request(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="asgi_observe"):
+        async with _client(AccessLogMiddleware(_app(), logger=BrokenLogger())) as client:
+            first = await client.get("/items/1")
+            second = await client.get("/items/2")
+    assert (first.status_code, second.status_code) == (200, 200)
+    reports = [r for r in caplog.records if "could not write the access log" in r.getMessage()]
+    assert len(reports) == 1  # rate-limited
+
+
+async def test_concurrent_requests_are_kept_apart() -> None:
+    logger = RecordingLogger()
+    app = RequestIdMiddleware(AccessLogMiddleware(_app(), logger=logger))
+    async with _client(app) as client:
+        await asyncio.gather(
+            *(client.get(f"/items/{n}", headers={"X-Request-ID": f"r-{n}"}) for n in range(50))
+        )
+    assert len(logger.records) == 50
+    for _, _, fields in logger.records:
+        assert fields["path"] == f"/items/{fields['request_id'][2:]}"
+
+
+async def test_default_logger_writes_one_redacted_json_line(json_logs: io.StringIO) -> None:
+    app = RequestIdMiddleware(AccessLogMiddleware(_app()))
+    async with _client(app) as client:
+        await client.get("/items/7?api_key=s3cret", headers={"X-Request-ID": "json-1"})
+    [line] = [entry for entry in lines(json_logs) if entry["logger"] == "asgi_observe.access"]
+    assert set(line) >= FIELDS
+    assert line["path"] == "/items/7?api_key=[REDACTED]"
+    assert (line["level"], line["event"], line["request_id"]) == ("info", "request", "json-1")
+    assert "s3cret" not in json_logs.getvalue()
+
+
+async def test_console_line_stays_one_line(restore_logging: None) -> None:
+    stream = io.StringIO()
+    configure_logging(Settings(environment="development"), stream=stream, colors=False)
+    await _call(AccessLogMiddleware(_app()), _scope("/a\nb", headers=[(b"user-agent", b"x\ny")]))
+    output = stream.getvalue()
+    assert output.count("\n") == 1
+    assert "request" in output
+    assert "status=404" in output
+
+
+async def _call(app: ASGIApp, scope: Scope) -> list[Message]:
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    return sent
+
+
+def _scope(
+    path: str,
+    *,
+    query: bytes = b"",
+    headers: list[tuple[bytes, bytes]] | None = None,
+    method: str = "GET",
+    client: tuple[str, int] = ("127.0.0.1", 5000),
+) -> Scope:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode("utf-8", "surrogateescape"),
+        "root_path": "",
+        "query_string": query,
+        "headers": headers or [],
+        "client": client,
+        "server": ("127.0.0.1", 80),
+    }

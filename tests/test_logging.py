@@ -1,0 +1,342 @@
+"""configure_logging: JSON in production, console in development, one pipeline for all."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import io
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import pytest
+import structlog
+from opentelemetry.sdk.trace import TracerProvider
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+from asgi_observe.access_log import AccessLogMiddleware
+from asgi_observe.logging import (
+    bind_request_id,
+    clear_context,
+    configure_logging,
+    get_logger,
+    json_dumps,
+)
+from asgi_observe.request_id import RequestIdMiddleware, get_request_id
+from asgi_observe.settings import Settings
+from tests.logging_support import json_logs, lines, restore_logging
+from tests.support import free_port
+
+__all__ = ["json_logs", "restore_logging"]  # fixtures used below
+
+TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run_script(script: str, **env: str) -> tuple[list[dict[str, Any]], str]:
+    """Run `script` in a fresh interpreter; return its stdout as parsed JSON lines."""
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": ROOT, **env},
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    parsed = []
+    for line in result.stdout.splitlines():
+        try:
+            parsed.append(json.loads(line))
+        except ValueError:
+            pytest.fail(f"not a JSON line: {line!r}\nstderr: {result.stderr}")
+    return parsed, result.stdout
+
+
+def test_production_lines_from_a_real_process() -> None:
+    script = """
+        import datetime, decimal, logging
+        from asgi_observe.logging import configure_logging, get_logger, bind_request_id
+
+        class Weird:
+            def __repr__(self): raise RuntimeError("no repr")
+            def __str__(self): raise RuntimeError("no str")
+
+        configure_logging()
+        configure_logging()  # idempotent: still one line per event
+        log = get_logger("app.orders")
+        log.debug("hidden at INFO")
+        bind_request_id("rid-123")
+        log.info("User action", user_id="123", email="bob@example.com", password="hunter2",
+                 raw=b"\\xff\\x00", when=datetime.datetime(2024, 1, 1), amount=decimal.Decimal("9.99"),
+                 weird=Weird(), nested={"cookie": "a", "items": [("x@example.com", 1)]},
+                 nan=float("nan"))
+        logging.getLogger("third.party").warning("user %s logged in", "carol@example.com")
+        logging.getLogger("uvicorn.error").info("Started server process")
+        try:
+            raise ValueError("card 4111 1111 1111 1111 rejected")
+        except ValueError:
+            log.exception("payment failed")
+            logging.getLogger("stdlib").exception("stdlib saw it too")
+    """
+    entries, stdout = _run_script(script, ENVIRONMENT="production", LOG_LEVEL="INFO")
+    assert [e["event"] for e in entries] == [
+        "User action",
+        "user [REDACTED_EMAIL] logged in",
+        "Started server process",
+        "payment failed",
+        "stdlib saw it too",
+    ]
+    for entry in entries:
+        assert TIMESTAMP.fullmatch(entry["timestamp"])
+        assert entry["request_id"] == "rid-123"
+        assert {"event", "level", "timestamp", "logger"} <= set(entry)
+    action = entries[0]
+    assert (action["level"], action["logger"], action["user_id"]) == ("info", "app.orders", "123")
+    assert action["email"] == "[REDACTED_EMAIL]"
+    assert action["password"] == "[REDACTED]"
+    assert action["raw"] == "\\xff\x00"
+    assert action["when"] == "2024-01-01T00:00:00"
+    assert action["amount"] == "9.99"
+    assert action["weird"] == "<unprintable Weird>"
+    assert action["nested"] == {"cookie": "[REDACTED]", "items": [["[REDACTED_EMAIL]", 1]]}
+    assert action["nan"] == "nan"
+    assert (entries[1]["logger"], entries[1]["level"]) == ("third.party", "warning")
+    assert entries[2]["logger"] == "uvicorn.error"
+    for failure in entries[3:]:
+        assert failure["level"] == "error"
+        assert "ValueError: card [REDACTED_CC] rejected" in failure["exception"]
+    for secret in ("bob@example.com", "hunter2", "carol@", "4111 1111", "x@example.com"):
+        assert secret not in stdout
+
+
+def test_log_level_is_honoured_for_structlog_and_stdlib() -> None:
+    script = """
+        import logging
+        from asgi_observe.logging import configure_logging, get_logger
+        configure_logging()
+        get_logger("a").info("structlog info")
+        get_logger("a").warning("structlog warning")
+        logging.getLogger("uvicorn.error").info("uvicorn info")
+        logging.getLogger("uvicorn.error").error("uvicorn error")
+    """
+    entries, _ = _run_script(script, ENVIRONMENT="production", LOG_LEVEL="WARNING")
+    assert [e["event"] for e in entries] == ["structlog warning", "uvicorn error"]
+
+
+def test_uvicorn_serving_an_app_logs_json_only() -> None:
+    port = free_port()
+    script = f"""
+        import threading, time, urllib.request
+        import uvicorn
+        from starlette.applications import Starlette
+        from starlette.responses import PlainTextResponse
+        from starlette.routing import Route
+        from asgi_observe.access_log import AccessLogMiddleware
+        from asgi_observe.logging import configure_logging, get_logger
+        from asgi_observe.request_id import RequestIdMiddleware
+
+        def create_app():
+            configure_logging()
+            log = get_logger("app")
+
+            async def hello(request):
+                log.info("hello", who=request.query_params.get("who"))
+                return PlainTextResponse("hi")
+
+            app = Starlette(routes=[Route("/hello/{{name}}", hello)])
+            return RequestIdMiddleware(AccessLogMiddleware(app))
+
+        config = uvicorn.Config("__main__:create_app", factory=True, host="127.0.0.1",
+                                port={port}, log_level="info")
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run)
+        thread.start()
+        deadline = time.monotonic() + 20
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+        request = urllib.request.Request(
+            "http://127.0.0.1:{port}/hello/x?who=dave%40example.com&token=t0k3n",
+            headers={{"X-Request-ID": "wire-77"}})
+        with urllib.request.urlopen(request) as response:
+            assert response.headers["x-request-id"] == "wire-77"
+        server.should_exit = True
+        thread.join()
+    """
+    entries, stdout = _run_script(script, ENVIRONMENT="production", LOG_LEVEL="INFO")
+    loggers = {e["logger"] for e in entries}
+    assert {"uvicorn.error", "uvicorn.access", "app", "asgi_observe.access"} <= loggers
+    [hello] = [e for e in entries if e["event"] == "hello"]
+    assert (hello["who"], hello["request_id"]) == ("[REDACTED_EMAIL]", "wire-77")
+    [access] = [e for e in entries if e["logger"] == "asgi_observe.access"]
+    assert access["path"] == "/hello/x?who=[REDACTED_EMAIL]&token=[REDACTED]"
+    assert (access["route"], access["status"], access["request_id"]) == (
+        "/hello/{name}",
+        200,
+        "wire-77",
+    )
+    assert "dave" not in stdout
+    assert "t0k3n" not in stdout
+
+
+async def test_two_hundred_concurrent_requests_keep_their_ids(json_logs: io.StringIO) -> None:
+    log = get_logger("app")
+
+    async def work(request: Request) -> PlainTextResponse:
+        n = request.path_params["n"]
+        log.info("start", n=n)
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        log.info("end", n=n)
+        return PlainTextResponse(n)
+
+    app = RequestIdMiddleware(AccessLogMiddleware(Starlette(routes=[Route("/work/{n}", work)])))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        await asyncio.gather(
+            *(client.get(f"/work/{n}", headers={"X-Request-ID": f"id-{n}"}) for n in range(200))
+        )
+    entries = [e for e in lines(json_logs) if e["logger"] in ("app", "asgi_observe.access")]
+    assert len(entries) == 600
+    for entry in entries:
+        n = entry.get("n") or entry["path"].rsplit("/", 1)[1]
+        assert entry["request_id"] == f"id-{n}"
+
+
+def test_trace_and_span_ids_are_added_inside_a_span(json_logs: io.StringIO) -> None:
+    tracer = TracerProvider().get_tracer("test")
+    log = get_logger("traced")
+    log.info("outside")
+    with tracer.start_as_current_span("work") as span:
+        log.info("inside")
+        logging.getLogger("stdlib.traced").warning("inside too")
+        context = span.get_span_context()
+    outside, inside, stdlib_inside = lines(json_logs)
+    assert "trace_id" not in outside
+    assert "span_id" not in outside
+    for entry in (inside, stdlib_inside):
+        assert entry["trace_id"] == format(context.trace_id, "032x")
+        assert entry["span_id"] == format(context.span_id, "016x")
+        assert re.fullmatch(r"[0-9a-f]{32}", entry["trace_id"])
+        assert re.fullmatch(r"[0-9a-f]{16}", entry["span_id"])
+
+
+def test_configure_twice_keeps_one_handler(restore_logging: None) -> None:
+    stream = io.StringIO()
+    configure_logging(Settings(environment="production"), stream=io.StringIO())
+    configure_logging(Settings(environment="production"), stream=stream)
+    ours = [h for h in logging.getLogger().handlers if type(h).__name__ == "_RootHandler"]
+    assert len(ours) == 1
+    logging.getLogger("x").warning("once")
+    get_logger("y").warning("once too")
+    assert [e["event"] for e in lines(stream)] == ["once", "once too"]
+
+
+def test_server_loggers_are_rerouted_to_the_root_handler(restore_logging: None) -> None:
+    stray = logging.StreamHandler(io.StringIO())
+    uvicorn_logger = logging.getLogger("uvicorn.access")
+    uvicorn_logger.addHandler(stray)
+    uvicorn_logger.propagate = False
+    stream = io.StringIO()
+    configure_logging(Settings(environment="production"), stream=stream)
+    assert stray not in uvicorn_logger.handlers
+    assert uvicorn_logger.propagate
+    uvicorn_logger.info('%s - "%s %s HTTP/%s" %d', "1.2.3.4:1", "GET", "/u/a@b.co", "1.1", 200)
+    [entry] = lines(stream)
+    assert entry["event"] == '1.2.3.4:1 - "GET /u/[REDACTED_EMAIL] HTTP/1.1" 200'
+
+
+def test_development_renders_console_lines(restore_logging: None) -> None:
+    stream = io.StringIO()
+    configure_logging(Settings(environment="development"), stream=stream)
+    get_logger("dev").info("User action", user_id="123", email="a@example.com")
+    output = stream.getvalue()
+    assert "User action" in output
+    assert "user_id=123" in output
+    assert "[REDACTED_EMAIL]" in output
+    assert "a@example.com" not in output
+    assert "\x1b[" not in output  # a StringIO is not a terminal
+    assert not output.startswith("{")
+
+    coloured = io.StringIO()
+    configure_logging(Settings(environment="development"), stream=coloured, colors=True)
+    get_logger("dev").info("in colour")
+    assert "\x1b[" in coloured.getvalue()
+
+
+def test_get_logger_names_the_calling_module(json_logs: io.StringIO) -> None:
+    get_logger().info("named")
+    assert lines(json_logs)[0]["logger"] == __name__
+
+
+def test_bind_request_id_and_clear_context(json_logs: io.StringIO) -> None:
+    log = get_logger("ctx")
+    try:
+        bind_request_id("manual-1")
+        structlog.contextvars.bind_contextvars(user="u1")
+        assert get_request_id() == "manual-1"
+        log.info("bound")
+    finally:
+        clear_context()
+    log.info("cleared")
+    bound, cleared = lines(json_logs)
+    assert (bound["request_id"], bound["user"]) == ("manual-1", "u1")
+    assert "request_id" not in cleared
+    assert "user" not in cleared
+    assert get_request_id() is None
+
+
+def test_loggers_follow_reconfiguration_and_capture_logs(restore_logging: None) -> None:
+    first, second = io.StringIO(), io.StringIO()
+    configure_logging(Settings(environment="production"), stream=first)
+    log = get_logger("kept")
+    log.info("one")
+    configure_logging(Settings(environment="production"), stream=second)
+    log.info("two")
+    with structlog.testing.capture_logs() as captured:
+        log.info("three", card="4111 1111 1111 1111")
+    assert [e["event"] for e in lines(first)] == ["one"]
+    assert [e["event"] for e in lines(second)] == ["two"]
+    assert captured == [{"event": "three", "card": "4111 1111 1111 1111", "log_level": "info"}]
+
+
+def test_a_broken_stream_does_not_raise(restore_logging: None) -> None:
+    stream = io.StringIO()
+    configure_logging(Settings(environment="production"), stream=stream)
+    stream.close()
+    get_logger("x").info("into the void")
+    logging.getLogger("y").warning("stdlib into the void")
+
+
+class _Weird:
+    def __str__(self) -> str:
+        raise RuntimeError("no")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"a": b"\xff", "b": datetime.date(2024, 1, 1), "c": Decimal("1.5"), "d": {1, 2}},
+        {(1, 2): "tuple key", "n": float("nan")},
+        {"weird": _Weird()},
+    ],
+)
+def test_json_dumps_renders_anything(value: dict[Any, Any]) -> None:
+    assert isinstance(json.loads(json_dumps(value)), dict)
+
+
+def test_json_dumps_survives_cycles() -> None:
+    cyclic: dict[str, Any] = {"event": "loop"}
+    cyclic["self"] = cyclic
+    assert json.loads(json_dumps(cyclic))["event"] == "loop"

@@ -1,0 +1,528 @@
+"""TracingMiddleware: names, kinds, attributes, propagation, errors, exclusions, bounds."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from opentelemetry import baggage, trace
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
+from opentelemetry.trace import SpanKind, StatusCode
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Mount, Route
+
+from asgi_observe import _tracing_api
+from asgi_observe.tracing import TracingMiddleware, add_span_attributes, tracer
+from asgi_observe.types import ASGIApp, Message, Receive, Scope, Send
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT_ID = "00f067aa0ba902b7"
+TRACEPARENT = f"00-{TRACE_ID}-{PARENT_ID}-01"
+
+
+@pytest.fixture
+def exporter() -> InMemorySpanExporter:
+    return InMemorySpanExporter()
+
+
+@pytest.fixture
+def provider(exporter: InMemorySpanExporter) -> Iterator[TracerProvider]:
+    provider = TracerProvider(shutdown_on_exit=False)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    yield provider
+    provider.shutdown()
+
+
+seen: dict[str, trace.SpanContext] = {}
+
+
+async def item(request: Request) -> PlainTextResponse:
+    seen[request.path_params["item_id"]] = trace.get_current_span().get_span_context()
+    with tracer.start_as_current_span("load item"):
+        add_span_attributes(owner="jane.doe@example.com")
+    return PlainTextResponse("ok", status_code=int(request.query_params.get("status", "200")))
+
+
+async def boom(request: Request) -> Response:
+    raise RuntimeError("cannot charge jane.doe@example.com")
+
+
+async def things(request: Request) -> PlainTextResponse:
+    return PlainTextResponse("thing")
+
+
+def starlette_app() -> Starlette:
+    return Starlette(
+        routes=[
+            Route("/items/{item_id}", item),
+            Route("/boom", boom),
+            Route("/only-post", things, methods=["POST"]),
+            Route("/purge/{key}", things, methods=["PURGE"]),
+            Mount("/sub", routes=[Route("/things/{tid}", things)]),
+            Route("/health", things),
+        ]
+    )
+
+
+def client(app: ASGIApp) -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    return httpx.AsyncClient(transport=transport, base_url="http://testserver")
+
+
+def server_spans(exporter: InMemorySpanExporter) -> list[ReadableSpan]:
+    return [s for s in exporter.get_finished_spans() if s.kind is SpanKind.SERVER]
+
+
+def only_server_span(exporter: InMemorySpanExporter) -> ReadableSpan:
+    spans = server_spans(exporter)
+    assert len(spans) == 1, [s.name for s in spans]
+    return spans[0]
+
+
+async def test_one_server_span_named_after_the_route_template(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    app = TracingMiddleware(starlette_app(), tracer_provider=provider)
+    async with client(app) as http:
+        response = await http.get("/items/42", headers={"user-agent": "probe/1.0"})
+    assert response.status_code == 200
+    span = only_server_span(exporter)
+    assert span.name == "GET /items/{item_id}"
+    assert span.kind is SpanKind.SERVER
+    assert span.status.status_code is StatusCode.UNSET
+    attributes = dict(span.attributes or {})
+    assert attributes["http.request.method"] == "GET"
+    assert attributes["url.path"] == "/items/42"
+    assert attributes["url.scheme"] == "http"
+    assert attributes["http.route"] == "/items/{item_id}"
+    assert attributes["http.response.status_code"] == 200
+    assert attributes["server.address"] == "testserver"
+    assert attributes["client.address"] == "127.0.0.1"
+    assert attributes["user_agent.original"] == "probe/1.0"
+    assert "url.query" not in attributes
+    assert "error.type" not in attributes
+
+
+async def test_no_per_message_child_spans(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    app = TracingMiddleware(starlette_app(), tracer_provider=provider)
+    async with client(app) as http:
+        await http.get("/sub/things/7")
+    names = [span.name for span in exporter.get_finished_spans()]
+    assert names == ["GET /sub/things/{tid}"]
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        ("GET", "/nowhere/42", "GET", None),  # router 404: no route, no raw path in the name
+        ("GET", "/only-post", "GET", None),  # router 405 shares the unmatched name
+        ("POST", "/only-post", "POST /only-post", "/only-post"),
+        ("PURGE", "/purge/k", "HTTP /purge/{key}", "/purge/{key}"),  # method outside RFC 9110
+    ],
+)
+async def test_span_name_bounded_for_unmatched_and_unknown(
+    provider: TracerProvider, exporter: InMemorySpanExporter, case: tuple[str, str, str, str | None]
+) -> None:
+    method, path, name, route = case
+    app = TracingMiddleware(starlette_app(), tracer_provider=provider)
+    async with client(app) as http:
+        await http.request(method, path)
+    span = only_server_span(exporter)
+    assert span.name == name
+    attributes = dict(span.attributes or {})
+    assert attributes.get("http.route") == route
+    if method == "PURGE":
+        assert attributes["http.request.method"] == "_OTHER"
+        assert attributes["http.request.method_original"] == "PURGE"
+
+
+async def test_parent_and_baggage_extracted_from_w3c_headers(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    observed: dict[str, object] = {}
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        observed["baggage"] = baggage.get_baggage("tenant")
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    mw = TracingMiddleware(app, tracer_provider=provider)
+    async with client(mw) as http:
+        await http.get(
+            "/x",
+            headers={
+                "traceparent": TRACEPARENT,
+                "tracestate": "vendor=1",
+                "baggage": "tenant=acme",
+            },
+        )
+    span = only_server_span(exporter)
+    assert span.context is not None
+    assert span.parent is not None
+    assert format(span.context.trace_id, "032x") == TRACE_ID
+    assert format(span.parent.span_id, "016x") == PARENT_ID
+    assert span.parent.is_remote
+    assert span.context.trace_state.get("vendor") == "1"
+    assert observed["baggage"] == "acme"
+
+
+@pytest.mark.parametrize(
+    "traceparent", ["garbage", "00-" + "0" * 32 + "-" + PARENT_ID + "-01", "00-xyz-abc-01", ""]
+)
+async def test_malformed_traceparent_starts_a_new_trace(
+    provider: TracerProvider, exporter: InMemorySpanExporter, traceparent: str
+) -> None:
+    app = TracingMiddleware(starlette_app(), tracer_provider=provider)
+    async with client(app) as http:
+        response = await http.get("/items/1", headers={"traceparent": traceparent})
+    assert response.status_code == 200
+    span = only_server_span(exporter)
+    assert span.parent is None
+    assert span.context is not None
+    assert format(span.context.trace_id, "032x") != TRACE_ID
+
+
+async def test_app_exception_recorded_and_reraised(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    app = TracingMiddleware(starlette_app(), tracer_provider=provider)
+    async with client(app) as http:
+        response = await http.get("/boom")
+    assert response.status_code == 500
+    span = only_server_span(exporter)
+    assert span.name == "GET /boom"
+    assert span.status.status_code is StatusCode.ERROR
+    attributes = dict(span.attributes or {})
+    assert attributes["error.type"] == "RuntimeError"
+    assert attributes["http.response.status_code"] == 500
+    [event] = [e for e in span.events if e.name == "exception"]
+    event_attributes = dict(event.attributes or {})
+    assert event_attributes["exception.type"] == "RuntimeError"
+    assert event_attributes["exception.message"] == "cannot charge [REDACTED_EMAIL]"
+    stacktrace = str(event_attributes["exception.stacktrace"])
+    assert "RuntimeError" in stacktrace
+    assert "jane.doe" not in stacktrace
+    assert "jane.doe" not in (span.status.description or "")
+
+
+async def test_raw_app_exception_is_the_same_object_reraised(provider: TracerProvider) -> None:
+    class CustomError(Exception):
+        pass
+
+    error = CustomError("x")
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        raise error
+
+    mw = TracingMiddleware(app, tracer_provider=provider)
+    scope = {"type": "http", "method": "GET", "path": "/", "headers": [], "query_string": b""}
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        return None
+
+    with pytest.raises(CustomError) as caught:
+        await mw(scope, receive, send)
+    assert caught.value is error
+    assert trace.get_current_span() is trace.INVALID_SPAN  # context restored
+
+
+async def test_5xx_without_exception_is_an_error(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    app = TracingMiddleware(starlette_app(), tracer_provider=provider)
+    async with client(app) as http:
+        await http.get("/items/1?status=503")
+        await http.get("/items/2?status=404")
+    by_path = {str(dict(s.attributes or {})["url.path"]): s for s in server_spans(exporter)}
+    error, not_found = by_path["/items/1"], by_path["/items/2"]
+    assert error.status.status_code is StatusCode.ERROR
+    assert dict(error.attributes or {})["error.type"] == "503"
+    assert not [e for e in error.events if e.name == "exception"]
+    # 4xx is the client's fault: a server span stays UNSET (semantic conventions).
+    assert not_found.status.status_code is StatusCode.UNSET
+    assert "error.type" not in dict(not_found.attributes or {})
+
+
+async def test_pii_redacted_from_query_path_and_user_attributes(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    app = TracingMiddleware(starlette_app(), tracer_provider=provider)
+    async with client(app) as http:
+        await http.get(
+            "/items/bob@example.com",
+            params={"email": "bob@example.com", "token": "s3cr3tvalue", "page": "2"},
+            headers={"user-agent": "bot (contact: ops@example.com)"},
+        )
+    server = only_server_span(exporter)
+    attributes = dict(server.attributes or {})
+    assert attributes["url.path"] == "/items/[REDACTED_EMAIL]"
+    query = str(attributes["url.query"])
+    # httpx sent email=bob%40example.com: the encoded form is seen through too.
+    assert "bob" not in query
+    assert "[REDACTED_EMAIL]" in query
+    assert "s3cr3tvalue" not in query
+    assert "page=2" in query
+    assert attributes["user_agent.original"] == "bot (contact: [REDACTED_EMAIL])"
+    [child] = [s for s in exporter.get_finished_spans() if s.name == "load item"]
+    assert dict(child.attributes or {})["owner"] == "[REDACTED_EMAIL]"
+
+
+async def test_query_with_plain_email_is_redacted(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    mw = TracingMiddleware(app, tracer_provider=provider)
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/search",
+        "headers": [],
+        "query_string": b"q=bob@example.com&n=1",
+    }
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        return None
+
+    await mw(scope, receive, send)
+    span = only_server_span(exporter)
+    assert dict(span.attributes or {})["url.query"] == "q=[REDACTED_EMAIL]&n=1"
+
+
+async def test_request_id_from_scope_becomes_an_attribute(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    inner = TracingMiddleware(starlette_app(), tracer_provider=provider)
+
+    async def with_request_id(scope: Scope, receive: Receive, send: Send) -> None:
+        scope["asgi_observe.request_id"] = "0f8fad5b-d9cb-469f-a165-70867728950e"
+        await inner(scope, receive, send)
+
+    async with client(with_request_id) as http:
+        await http.get("/items/1")
+    span = only_server_span(exporter)
+    assert dict(span.attributes or {})["request_id"] == "0f8fad5b-d9cb-469f-a165-70867728950e"
+
+
+async def test_request_id_scope_key_is_configurable(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    inner = TracingMiddleware(starlette_app(), tracer_provider=provider, request_id_scope_key="rid")
+
+    async def with_request_id(scope: Scope, receive: Receive, send: Send) -> None:
+        scope["rid"] = "abc-123"
+        await inner(scope, receive, send)
+
+    async with client(with_request_id) as http:
+        await http.get("/items/1")
+    assert dict(only_server_span(exporter).attributes or {})["request_id"] == "abc-123"
+
+
+@pytest.mark.parametrize(
+    ("excluded", "path", "traced"),
+    [
+        (("/metrics", "/health"), "/health", False),
+        (("/metrics", "/health"), "/items/1", True),
+        ("/metrics,/health", "/health", False),  # the environment variable's form
+        (("client/.*/info",), "/client/7/info", False),
+        (("^/items/9$",), "/items/9", False),
+        (("^/items/9$",), "/items/90", True),
+        ((r"https?://testserver/items/5",), "/items/5", False),  # full-URL pattern
+        (None, "/health", True),
+        ((), "/health", True),
+    ],
+)
+async def test_excluded_urls_get_no_span(
+    provider: TracerProvider,
+    exporter: InMemorySpanExporter,
+    excluded: tuple[str, ...] | str | None,
+    path: str,
+    traced: bool,
+) -> None:
+    app = TracingMiddleware(starlette_app(), tracer_provider=provider, excluded_urls=excluded)
+    async with client(app) as http:
+        response = await http.get(path)
+    assert response.status_code in (200, 404)
+    assert bool(server_spans(exporter)) is traced
+
+
+def test_invalid_excluded_pattern_is_refused_at_construction() -> None:
+    with pytest.raises(ValueError, match="excluded_urls"):
+        TracingMiddleware(starlette_app(), excluded_urls=["(unclosed"])
+
+
+async def test_lifespan_and_websocket_pass_through_untouched(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    received: list[tuple[str, bool]] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        received.append((scope["type"], trace.get_current_span().is_recording()))
+        message = await receive()
+        await send({"type": f"{message['type']}.complete"})
+
+    mw = TracingMiddleware(app, tracer_provider=provider)
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    for scope_type, first in (("lifespan", "lifespan.startup"), ("websocket", "websocket.connect")):
+
+        async def receive(first: str = first) -> Message:
+            return {"type": first}
+
+        await mw({"type": scope_type, "path": "/", "headers": []}, receive, send)
+    assert received == [("lifespan", False), ("websocket", False)]
+    assert sent == [{"type": "lifespan.startup.complete"}, {"type": "websocket.connect.complete"}]
+    assert exporter.get_finished_spans() == ()
+
+
+async def test_traceresponse_header_is_opt_in(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    plain = TracingMiddleware(starlette_app(), tracer_provider=provider)
+    opted = TracingMiddleware(starlette_app(), tracer_provider=provider, traceresponse=True)
+    async with client(plain) as http:
+        assert "traceresponse" not in (await http.get("/items/1")).headers
+    async with client(opted) as http:
+        response = await http.get("/items/2", headers={"traceparent": TRACEPARENT})
+    span = [s for s in server_spans(exporter) if dict(s.attributes or {})["url.path"] == "/items/2"]
+    assert span[0].context is not None
+    span_id = format(span[0].context.span_id, "016x")
+    assert response.headers["traceresponse"] == f"00-{TRACE_ID}-{span_id}-01"
+
+
+async def test_unsampled_requests_record_nothing_but_keep_trace_ids(
+    exporter: InMemorySpanExporter,
+) -> None:
+    provider = TracerProvider(sampler=ParentBased(ALWAYS_OFF), shutdown_on_exit=False)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    app = TracingMiddleware(starlette_app(), tracer_provider=provider, traceresponse=True)
+    seen.clear()
+    async with client(app) as http:
+        response = await http.get("/items/u1")
+    assert response.status_code == 200
+    assert exporter.get_finished_spans() == ()
+    # The ids still exist (logs carry them) and the response says "not sampled".
+    context = seen["u1"]
+    assert context.is_valid
+    assert not context.trace_flags.sampled
+    flags = int(response.headers["traceresponse"].rsplit("-", 1)[1], 16)
+    assert flags & 0x01 == 0  # the sampled bit
+    provider.shutdown()
+
+
+async def test_current_span_inside_the_request_is_the_exported_one(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    """Trace-log correlation: what a log processor reads in a handler is the span exported."""
+    app = TracingMiddleware(starlette_app(), tracer_provider=provider)
+    seen.clear()
+    async with client(app) as http:
+        await http.get("/items/c1")
+    span = only_server_span(exporter)
+    assert span.context is not None
+    assert seen["c1"].trace_id == span.context.trace_id
+    assert seen["c1"].span_id == span.context.span_id
+    assert len(format(span.context.trace_id, "032x")) == 32
+    # The manual child span, made through the module-level `tracer`, went to the same
+    # (private) provider, under the server span.
+    [child] = [s for s in exporter.get_finished_spans() if s.name == "load item"]
+    assert child.parent is not None
+    assert child.parent.span_id == span.context.span_id
+
+
+async def test_50_concurrent_requests_are_kept_apart(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    inside = 0
+    all_inside = asyncio.Event()
+    observed: dict[str, int] = {}
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        nonlocal inside
+        inside += 1
+        if inside == 50:
+            all_inside.set()
+        await all_inside.wait()  # every request is in flight at once
+        observed[scope["path"]] = trace.get_current_span().get_span_context().span_id
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": scope["path"].encode()})
+
+    inner = TracingMiddleware(app, tracer_provider=provider)
+
+    async def with_request_id(scope: Scope, receive: Receive, send: Send) -> None:
+        scope["asgi_observe.request_id"] = scope["path"].rsplit("/", 1)[1]
+        await inner(scope, receive, send)
+
+    async with client(with_request_id) as http:
+        responses = await asyncio.gather(*(http.get(f"/r/{i}") for i in range(50)))
+    assert [r.text for r in responses] == [f"/r/{i}" for i in range(50)]
+    spans = server_spans(exporter)
+    assert len(spans) == 50
+    for span in spans:
+        attributes = dict(span.attributes or {})
+        path = str(attributes["url.path"])
+        assert attributes["request_id"] == path.rsplit("/", 1)[1]
+        assert span.context is not None
+        assert observed[path] == span.context.span_id
+    assert len({s.context.trace_id for s in spans if s.context}) == 50
+    assert trace.get_current_span() is trace.INVALID_SPAN
+
+
+async def test_our_own_failure_never_breaks_the_request(
+    provider: TracerProvider,
+    exporter: InMemorySpanExporter,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_tracing_api, "_reported", set())  # "once per process" starts here
+
+    class BrokenPropagator:
+        fields = frozenset({"traceparent"})
+
+        def extract(self, *args: object, **kwargs: object) -> object:
+            raise RuntimeError("propagator bug")
+
+    app = TracingMiddleware(
+        starlette_app(),
+        tracer_provider=provider,
+        propagator=BrokenPropagator(),  # type: ignore[arg-type]
+    )
+    with caplog.at_level(logging.WARNING, logger="asgi_observe"):
+        async with client(app) as http:
+            responses = [
+                await http.get("/items/1", headers={"traceparent": TRACEPARENT}) for _ in range(3)
+            ]
+    assert [r.status_code for r in responses] == [200, 200, 200]
+    reports = [r for r in caplog.records if r.name == "asgi_observe"]
+    assert len(reports) == 1  # reported once, not per request
+    assert "not traced" in reports[0].getMessage()
+    assert server_spans(exporter) == []
+
+
+async def test_global_provider_used_lazily_when_none_given() -> None:
+    """Without a provider the API's proxy is used: with no global SDK, nothing breaks."""
+    app = TracingMiddleware(starlette_app())
+    async with client(app) as http:
+        response = await http.get("/items/g1")
+    assert response.status_code == 200
