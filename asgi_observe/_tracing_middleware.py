@@ -50,6 +50,9 @@ _PLAIN_ID = re.compile(
 _ERROR = StatusCode.ERROR
 
 
+_FASTAPI_TELEMETRY_KEY = "fastapi.telemetry"
+
+
 class _ListGetter(Getter[Mapping[str, list[str]]]):
     """Reads the small carrier the header scan built (lowercase names, all values)."""
 
@@ -203,7 +206,14 @@ class TracingMiddleware:
         return span, token, name, host, agent
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or (self._excluded is not None and self._is_excluded(scope)):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        # FastAPI's native telemetry would start a second SERVER span, parented only on
+        # the incoming headers (a separate trace); its own flag for "this request is
+        # observed elsewhere" is the presence of this scope key.
+        scope.setdefault(_FASTAPI_TELEMETRY_KEY, None)
+        if self._excluded is not None and self._is_excluded(scope):
             await self.app(scope, receive, send)
             return
         try:

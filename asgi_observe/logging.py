@@ -336,6 +336,9 @@ def configure_logging(
     root.setLevel(level)
     for name in SERVER_LOGGERS:
         server_logger = logging.getLogger(name)
+        if not server_logger.handlers and not server_logger.propagate:
+            # Switched off on purpose (``uvicorn --no-access-log``): keep it off.
+            continue
         server_logger.handlers.clear()
         server_logger.propagate = True
         server_logger.setLevel(logging.NOTSET)

@@ -34,13 +34,25 @@ from pydantic import BaseModel, Field
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from asgi_observe import HealthApp, Settings, checks, instrument
+from asgi_observe import (
+    HealthApp,
+    Settings,
+    add_span_attributes,
+    checks,
+    configure_logging,
+    get_logger,
+    instrument,
+    record_exception,
+    tracer,
+)
 from asgi_observe.health import Check
 from asgi_observe.metrics.app import AppMetrics, CircuitState
 from asgi_observe.metrics.system import register_system_metrics
 from asgi_observe.types import ASGIApp
 
 NAMESPACE = "baliblissed"
+
+logger = get_logger(__name__)
 
 DESTINATIONS = {
     "ubud": ("Ubud", "Rice terraces, temples and the monkey forest."),
@@ -177,6 +189,51 @@ class ItineraryRequest(BaseModel):
     days: int = Field(ge=1, le=30)
 
 
+@dataclass
+class ItineraryPlanner:
+    """Rate limit → circuit breaker → model call, each step measured and logged."""
+
+    metrics: AppMetrics
+    breaker: CircuitBreaker
+    model: SimulatedAI
+    limiter: RateLimiter
+
+    async def plan(self, body: ItineraryRequest, client: str) -> dict[str, Any]:
+        if not self.limiter.allow(client):
+            self.metrics.rate_limit_hit("/itineraries")
+            logger.warning("rate limit exceeded", endpoint="/itineraries")
+            raise HTTPException(
+                status_code=429, detail="rate limit exceeded", headers={"Retry-After": "60"}
+            )
+        try:
+            self.breaker.before_call()
+        except CircuitOpenError:
+            raise HTTPException(
+                status_code=503, detail="itinerary model unavailable (circuit open)"
+            ) from None
+        with tracer.start_as_current_span("ai.generate_itinerary") as span:
+            span.set_attribute("ai.request_type", "itinerary")
+            try:
+                with self.metrics.track_ai("itinerary") as call:
+                    plan, tokens = await self.model.complete(
+                        f"{body.days} days in {body.destination}"
+                    )
+                    call.tokens(tokens)
+            except AIUnavailableError as exc:
+                record_exception(exc)
+                self.breaker.failed()
+                logger.warning(
+                    "itinerary model failed", breaker_state=self.breaker.state.name.lower()
+                )
+                raise HTTPException(status_code=503, detail="itinerary model unavailable") from None
+            add_span_attributes(ai_tokens=tokens, destination=body.destination)
+        self.breaker.succeeded()
+        logger.info(
+            "itinerary generated", destination=body.destination, days=body.days, tokens=tokens
+        )
+        return {"destination": body.destination, "days": body.days, "plan": plan, "tokens": tokens}
+
+
 def build_api(
     settings: Settings | None = None,
     *,
@@ -193,8 +250,9 @@ def build_api(
     engine = create_async_engine(database_url(settings)) if engine is None else engine
     cache = Cache(metrics, redis_client)
     breaker = CircuitBreaker("ai_circuit_breaker", metrics)
-    model = SimulatedAI(fail=ai_failure)
-    limiter = RateLimiter(limit=rate_limit)
+    planner = ItineraryPlanner(
+        metrics, breaker, SimulatedAI(fail=ai_failure), RateLimiter(limit=rate_limit)
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -252,27 +310,7 @@ def build_api(
 
     @api.post("/itineraries", status_code=201)
     async def itinerary(body: ItineraryRequest, request: Request) -> dict[str, Any]:
-        client = request.client.host if request.client else "unknown"
-        if not limiter.allow(client):
-            metrics.rate_limit_hit("/itineraries")
-            raise HTTPException(
-                status_code=429, detail="rate limit exceeded", headers={"Retry-After": "60"}
-            )
-        try:
-            breaker.before_call()
-        except CircuitOpenError:
-            raise HTTPException(
-                status_code=503, detail="itinerary model unavailable (circuit open)"
-            ) from None
-        try:
-            with metrics.track_ai("itinerary") as call:
-                plan, tokens = await model.complete(f"{body.days} days in {body.destination}")
-                call.tokens(tokens)
-        except AIUnavailableError:
-            breaker.failed()
-            raise HTTPException(status_code=503, detail="itinerary model unavailable") from None
-        breaker.succeeded()
-        return {"destination": body.destination, "days": body.days, "plan": plan, "tokens": tokens}
+        return await planner.plan(body, request.client.host if request.client else "unknown")
 
     return api
 
@@ -298,6 +336,7 @@ def create_app(
     """The uvicorn factory: configuration comes from the environment."""
     settings = Settings.from_env() if settings is None else settings
     registry = REGISTRY if registry is None else registry
+    configure_logging(settings)
     redis_client = None
     if settings.redis_url:
         import redis.asyncio
@@ -315,4 +354,11 @@ def create_app(
     )
     register_system_metrics(registry, namespace=NAMESPACE)
     health = build_health(settings, engine, redis_client, registry)
+    logger.info(
+        "baliblissed starting",
+        environment=settings.environment,
+        database=engine.url.render_as_string(hide_password=True),
+        redis=settings.redis_url is not None,
+        ai_failure=ai_failure,
+    )
     return instrument(api, settings, health=health, registry=registry)

@@ -340,3 +340,17 @@ def test_json_dumps_survives_cycles() -> None:
     cyclic: dict[str, Any] = {"event": "loop"}
     cyclic["self"] = cyclic
     assert json.loads(json_dumps(cyclic))["event"] == "loop"
+
+
+def test_a_server_logger_switched_off_stays_off(restore_logging: None) -> None:
+    """``uvicorn --no-access-log`` empties and detaches uvicorn.access; keep it so."""
+    access = logging.getLogger("uvicorn.access")
+    access.handlers.clear()
+    access.propagate = False
+    error = logging.getLogger("uvicorn.error")
+    error.addHandler(logging.NullHandler())
+    configure_logging(Settings(environment="production"), stream=io.StringIO())
+    assert access.propagate is False
+    assert not access.hasHandlers()
+    assert error.propagate is True
+    assert error.handlers == []

@@ -526,3 +526,25 @@ async def test_global_provider_used_lazily_when_none_given() -> None:
     async with client(app) as http:
         response = await http.get("/items/g1")
     assert response.status_code == 200
+
+
+async def test_fastapi_native_telemetry_leaves_the_request_to_us(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    """FastAPI >= 0.16x traces on its own; under the middleware there is one trace only."""
+    from fastapi import FastAPI
+
+    api = FastAPI(telemetry={"tracer_provider": provider})
+    seen: list[str] = []
+
+    @api.get("/tours/{tour_id}")
+    async def tour(tour_id: int) -> dict[str, int]:
+        seen.append(format(trace.get_current_span().get_span_context().trace_id, "032x"))
+        return {"tour_id": tour_id}
+
+    async with client(TracingMiddleware(api, tracer_provider=provider)) as http:
+        assert (await http.get("/tours/4")).status_code == 200
+    span = only_server_span(exporter)
+    assert span.name == "GET /tours/{tour_id}"
+    assert seen == [format(span.context.trace_id, "032x")]
+    assert {format(s.context.trace_id, "032x") for s in exporter.get_finished_spans()} == set(seen)

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Smoke test of the README's first command: from a fresh clone, `make run` must install
+# everything and serve the example until /health/live answers. Used by .ci/run.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+work=$(mktemp -d)
+trap 'kill "${pid:-0}" 2>/dev/null || true; wait "${pid:-0}" 2>/dev/null || true; rm -rf "$work"' EXIT
+git clone --quiet "$repo" "$work/clone"
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+cd "$work/clone"
+# setsid: the whole process group (make, uvicorn) is stopped by the trap.
+setsid make run PORT="$port" >"$work/run.log" 2>&1 &
+pid=$!
+for _ in $(seq 1 600); do
+  if curl -fsS "http://127.0.0.1:$port/health/live" >/dev/null 2>&1; then
+    echo "make run: /health/live answered on port $port"
+    curl -fsS "http://127.0.0.1:$port/health/live"; echo
+    kill -- "-$pid" 2>/dev/null || true
+    exit 0
+  fi
+  if ! kill -0 "$pid" 2>/dev/null; then
+    break
+  fi
+  sleep 0.5
+done
+echo "make run did not serve /health/live; its output:" >&2
+cat "$work/run.log" >&2
+exit 1
