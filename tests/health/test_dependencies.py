@@ -15,7 +15,14 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from asgi_observe.health import HealthApp, checks
 from asgi_observe.health._check import run_check
-from tests.support import PostgresServer, RedisServer, black_hole, refused_port, run_redis
+from tests.support import (
+    PostgresServer,
+    RedisServer,
+    black_hole,
+    refused_port,
+    run_postgres,
+    run_redis,
+)
 
 pytestmark = pytest.mark.realparts
 
@@ -189,6 +196,30 @@ async def test_sqlalchemy_wrong_password_reports_no_secret(
     assert result.message is not None
     assert "password authentication failed" in result.message
     assert WRONG_PASSWORD not in result.message
+
+
+async def test_database_stopped_fails_within_the_timeout() -> None:
+    """A PostgreSQL of its own, stopped under a live engine and pool: fail, not hang."""
+    with run_postgres() as server:
+        engine = create_async_engine(
+            dsn_for(server.port).replace("postgresql://", "postgresql+asyncpg://")
+        )
+        pool = await asyncpg.create_pool(dsn_for(server.port), min_size=1, max_size=2)
+        try:
+            engine_check = checks.database(engine, timeout=2.0, name="engine")
+            pool_check = checks.database(pool, timeout=2.0, name="pool")
+            assert (await run_check(engine_check)).status == "pass"
+            assert (await run_check(pool_check)).status == "pass"
+            server.stop()
+            start = time.perf_counter()
+            results = [await run_check(engine_check), await run_check(pool_check)]
+            elapsed = time.perf_counter() - start
+        finally:
+            pool.terminate()
+            await engine.dispose()
+    assert [r.status for r in results] == ["fail", "fail"]
+    assert all(r.message and "postgres:postgres@" not in r.message for r in results)
+    assert elapsed < 2 * (2.0 + MARGIN)
 
 
 async def test_database_black_hole_fails_at_the_timeout() -> None:
