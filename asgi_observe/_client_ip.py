@@ -16,7 +16,7 @@ from functools import lru_cache
 from asgi_observe.settings import IPNetwork
 from asgi_observe.types import Scope
 
-__all__ = ["MAX_HOPS", "client_ip", "parse_address"]
+__all__ = ["MAX_HOPS", "IPAddress", "client_ip", "in_networks", "parse_address"]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -52,7 +52,7 @@ def parse_address(text: str) -> IPAddress | None:
     return address
 
 
-def _in_networks(address: IPAddress, networks: Iterable[IPNetwork]) -> bool:
+def in_networks(address: IPAddress, networks: Iterable[IPNetwork]) -> bool:
     # `in` across IP versions is simply False, so mixed lists need no special casing.
     return any(address in network for network in networks)
 
@@ -60,7 +60,7 @@ def _in_networks(address: IPAddress, networks: Iterable[IPNetwork]) -> bool:
 @lru_cache(maxsize=1024)
 def _peer_is_trusted(peer: str, networks: tuple[IPNetwork, ...]) -> bool:
     address = parse_address(peer)
-    return address is not None and _in_networks(address, networks)
+    return address is not None and in_networks(address, networks)
 
 
 def _forwarded_for(scope: Scope) -> str | None:
@@ -107,6 +107,6 @@ def _client_ip(scope: Scope, trusted_proxies: tuple[IPNetwork, ...]) -> str | No
         if address is None:
             return result
         result = str(address)
-        if not _in_networks(address, trusted_proxies):
+        if not in_networks(address, trusted_proxies):
             return result
     return result

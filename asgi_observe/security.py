@@ -9,10 +9,12 @@ that rule (the other half is the internal port, see `asgi_observe.metrics.intern
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import logging
 from collections.abc import Iterable
+from typing import cast
 
+from asgi_observe._client_ip import IPAddress, in_networks, parse_address
+from asgi_observe.settings import MIN_METRICS_TOKEN_LENGTH, IPNetwork, parse_networks
 from asgi_observe.types import ASGIApp, Receive, Scope, Send
 
 __all__ = [
@@ -26,10 +28,7 @@ __all__ = [
 
 logger = logging.getLogger("asgi_observe")
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-MIN_TOKEN_LENGTH = 16
+MIN_TOKEN_LENGTH = MIN_METRICS_TOKEN_LENGTH
 """Same floor as ``METRICS_TOKEN`` in `Settings`: shorter secrets are guessable."""
 
 _MAX_HOPS = 64  # an X-Forwarded-For chain longer than this is not a real proxy chain
@@ -37,52 +36,10 @@ _REALM = b'Bearer realm="metrics"'
 _INVALID_TOKEN = b'Bearer realm="metrics", error="invalid_token"'
 
 
-def _is_str(value: object) -> bool:
-    """Type check for untyped callers (configuration loaded from YAML, say)."""
-    return isinstance(value, str)
-
-
-def parse_networks(
-    value: str | IPNetwork | Iterable[str | IPNetwork] | None, *, name: str
-) -> tuple[IPNetwork, ...]:
-    """Normalise an allow-list given as CIDR strings, network objects, or one comma list.
-
-    Bare addresses mean a single host (``10.0.0.1`` is ``10.0.0.1/32``). Host bits set
-    (``10.0.0.1/8``) are refused rather than masked: a typo must not widen an allow-list.
-    Raises `ValueError` naming the option (`name`) and the offending entry.
-    """
-    if value is None:
-        return ()
-    items: Iterable[str | IPNetwork]
-    if isinstance(value, str):
-        items = value.split(",")
-    elif isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
-        items = (value,)
-    else:
-        items = value
-    networks: list[IPNetwork] = []
-    for item in items:
-        if isinstance(item, ipaddress.IPv4Network | ipaddress.IPv6Network):
-            networks.append(item)
-            continue
-        if not _is_str(item):
-            msg = f"invalid {name} entry {item!r}: expected a CIDR string or an ip_network"
-            raise TypeError(msg)
-        text = item.strip()
-        if not text:
-            continue
-        try:
-            networks.append(ipaddress.ip_network(text, strict=True))
-        except ValueError as exc:
-            msg = f"invalid {name} entry {text!r}: not a CIDR or IP address ({exc})"
-            raise ValueError(msg) from None
-    return tuple(networks)
-
-
 def _check_token(token: str | None) -> bytes | None:
     if token is None:
         return None
-    if not _is_str(token):
+    if not isinstance(cast(object, token), str):  # untyped callers (YAML configs)
         msg = f"invalid metrics token: expected a string, got {type(token).__name__}"
         raise TypeError(msg)
     if len(token) < MIN_TOKEN_LENGTH:
@@ -100,37 +57,6 @@ def _check_token(token: str | None) -> bytes | None:
     return token.encode("utf-8")
 
 
-def _parse_ip(text: str) -> IPAddress | None:
-    """An address from a socket peer or an X-Forwarded-For hop; None for anything else.
-
-    Hops may carry a port (``1.2.3.4:5678``, ``[2001:db8::1]:443``) as some proxies write
-    them. IPv4-mapped IPv6 addresses (``::ffff:10.0.0.1``, what a dual-stack socket
-    reports for an IPv4 peer) are unwrapped so IPv4 allow-lists match them.
-    """
-    text = text.strip()
-    if not text or len(text) > 64:
-        return None
-    if text.startswith("["):
-        end = text.find("]")
-        if end == -1:
-            return None
-        text = text[1:end]
-    elif text.count(":") == 1:
-        text = text.partition(":")[0]
-    try:
-        address = ipaddress.ip_address(text)
-    except ValueError:
-        return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
-
-
-def _in_any(address: IPAddress, networks: tuple[IPNetwork, ...]) -> bool:
-    # `in` across IP versions is simply False, so mixed lists need no special casing.
-    return any(address in network for network in networks)
-
-
 def client_address(scope: Scope, trusted_proxies: tuple[IPNetwork, ...] = ()) -> IPAddress | None:
     """The address of the caller, or None when it cannot be known.
 
@@ -143,8 +69,8 @@ def client_address(scope: Scope, trusted_proxies: tuple[IPNetwork, ...] = ()) ->
     client = scope.get("client")
     peer: IPAddress | None = None
     if isinstance(client, list | tuple) and client and isinstance(client[0], str):
-        peer = _parse_ip(client[0])
-    if peer is None or not trusted_proxies or not _in_any(peer, trusted_proxies):
+        peer = parse_address(client[0])
+    if peer is None or not trusted_proxies or not in_networks(peer, trusted_proxies):
         return peer
     values = [
         bytes(value).decode("latin-1")
@@ -156,8 +82,8 @@ def client_address(scope: Scope, trusted_proxies: tuple[IPNetwork, ...] = ()) ->
         return peer
     caller: IPAddress | None = peer
     for hop in reversed(hops[-_MAX_HOPS:]):
-        caller = _parse_ip(hop)
-        if caller is None or not _in_any(caller, trusted_proxies):
+        caller = parse_address(hop)
+        if caller is None or not in_networks(caller, trusted_proxies):
             return caller
     if len(hops) > _MAX_HOPS:
         return None
@@ -221,7 +147,7 @@ class MetricsGuard:
         """(status, WWW-Authenticate value): 0 means allowed."""
         if self._allow:
             caller = client_address(scope, self._proxies)
-            if caller is None or not _in_any(caller, self._allow):
+            if caller is None or not in_networks(caller, self._allow):
                 return 403, b""
         if self._token is not None:
             presented = _bearer_token(scope)

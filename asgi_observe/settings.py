@@ -12,12 +12,13 @@ import ipaddress
 import os
 import re
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
-from typing import Literal
+from typing import Literal, cast
 
 __all__ = [
     "DEFAULT_EXCLUDED_URLS",
+    "MIN_METRICS_TOKEN_LENGTH",
     "IPNetwork",
     "Settings",
     "parse_networks",
@@ -56,21 +57,41 @@ def _parse_bool(name: str, value: str) -> bool:
     raise _invalid(name, value, "expected one of true/false, 1/0, yes/no, on/off")
 
 
-def parse_networks(name: str, value: str) -> tuple[IPNetwork, ...]:
-    """Parse a comma-separated list of CIDRs or bare addresses.
+def parse_networks(
+    value: str | IPNetwork | Iterable[str | IPNetwork] | None, *, name: str
+) -> tuple[IPNetwork, ...]:
+    """Parse an allow-list: CIDR strings (one comma-separated string or several), or networks.
 
-    Host bits set (``10.0.0.1/8``) are rejected rather than silently masked: a typo in an
-    allow-list must not widen it.
+    Bare addresses mean a single host (``10.0.0.1`` is ``10.0.0.1/32``). Host bits set
+    (``10.0.0.1/8``) are refused rather than silently masked: a typo in an allow-list
+    must not widen it. Raises `ValueError` naming `name` and the offending entry, and
+    `TypeError` for entries that are neither strings nor networks.
     """
+    if value is None:
+        return ()
+    items: Iterable[str | IPNetwork]
+    if isinstance(value, str):
+        items = value.split(",")
+    elif isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
+        items = (value,)
+    else:
+        items = value
     networks: list[IPNetwork] = []
-    for raw in value.split(","):
-        item = raw.strip()
-        if not item:
+    for item in items:
+        if isinstance(item, ipaddress.IPv4Network | ipaddress.IPv6Network):
+            networks.append(item)
+            continue
+        if not isinstance(cast(object, item), str):  # untyped callers (YAML configs)
+            msg = f"invalid {name} entry {item!r}: expected a CIDR string or an ip_network"
+            raise TypeError(msg)
+        text = item.strip()
+        if not text:
             continue
         try:
-            networks.append(ipaddress.ip_network(item, strict=True))
+            networks.append(ipaddress.ip_network(text, strict=True))
         except ValueError as exc:
-            raise _invalid(name, value, f"{item!r} is not a CIDR or IP address ({exc})") from None
+            shown = value if isinstance(value, str) else text
+            raise _invalid(name, shown, f"{text!r} is not a CIDR or IP address ({exc})") from None
     return tuple(networks)
 
 
@@ -316,12 +337,14 @@ class Settings:
             log_level=level,
             enable_metrics=True if enable is None else _parse_bool("ENABLE_METRICS", enable),
             metrics_token=token,
-            metrics_allow=() if allow is None else parse_networks("METRICS_ALLOW", allow),
+            metrics_allow=() if allow is None else parse_networks(allow, name="METRICS_ALLOW"),
             metrics_internal_port=None
             if port is None
             else _parse_port("METRICS_INTERNAL_PORT", port),
             metrics_internal_host=(get("METRICS_INTERNAL_HOST") or "127.0.0.1").strip(),
-            trusted_proxies=() if proxies is None else parse_networks("TRUSTED_PROXIES", proxies),
+            trusted_proxies=()
+            if proxies is None
+            else parse_networks(proxies, name="TRUSTED_PROXIES"),
             service_name=(get("OTEL_SERVICE_NAME") or "asgi-service").strip(),
             service_version=(get("OTEL_SERVICE_VERSION") or "").strip() or None,
             resource_attributes=()

@@ -19,6 +19,7 @@ from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry
 
+from asgi_observe._asgi import complete_lifespan, respond
 from asgi_observe.health import checks as builtin
 from asgi_observe.health._check import Check, iso_utc
 from asgi_observe.health._evaluate import Evaluator, Report
@@ -154,7 +155,7 @@ class HealthApp:
         if kind == "http":
             await self._http(scope, send)
         elif kind == "lifespan":
-            await _lifespan(receive, send)
+            await complete_lifespan(receive, send)
         elif kind == "websocket":
             # No websocket endpoint here: closing before accept is answered with a 403.
             await receive()
@@ -325,22 +326,11 @@ async def _respond(
     media_type: bytes,
     extra_headers: list[tuple[bytes, bytes]] | None = None,
 ) -> None:
-    payload = dumps(body)
-    headers = _content_headers(media_type, len(payload))
-    if extra_headers:
-        headers.extend(extra_headers)
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send(
-        {"type": "http.response.body", "body": b"" if scope.get("method") == "HEAD" else payload}
+    await respond(
+        send,
+        status,
+        dumps(body),
+        media_type.decode("latin-1"),
+        [(b"cache-control", b"no-store"), *(extra_headers or ())],
+        head=scope.get("method") == "HEAD",
     )
-
-
-async def _lifespan(receive: Receive, send: Send) -> None:
-    """Complete start-up and shutdown when this app is the one the server runs."""
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return

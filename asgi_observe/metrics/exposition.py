@@ -18,10 +18,11 @@ from prometheus_client.exposition import choose_encoder, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from asgi_observe._asgi import Rendered, header_value, read_only_endpoint
 from asgi_observe.metrics.multiprocess import sweep_dead_workers
 from asgi_observe.metrics.system import system_collectors_for
 from asgi_observe.security import IPNetwork, MetricsGuard
-from asgi_observe.types import ASGIApp, Receive, Scope, Send
+from asgi_observe.types import ASGIApp, Scope
 
 __all__ = ["PLAIN_TEXT", "ScrapeSource", "guarded", "metrics_app"]
 
@@ -30,13 +31,6 @@ logger = logging.getLogger("asgi_observe")
 PLAIN_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
 _Encoder = Callable[[Collector], bytes]
-
-
-def _header(scope: Scope, name: bytes) -> str:
-    for key, value in scope.get("headers") or ():
-        if key.lower() == name:
-            return bytes(value).decode("latin-1")
-    return ""
 
 
 def _encoder_for(accept: str) -> tuple[_Encoder, str]:
@@ -52,30 +46,6 @@ def _accepts_gzip(accept_encoding: str) -> bool:
         if coding.strip().lower() == "gzip":
             return params.replace(" ", "") not in ("q=0", "q=0.0", "q=0.00", "q=0.000")
     return False
-
-
-async def respond(
-    send: Send, status: int, body: bytes, content_type: str, *extra: tuple[bytes, bytes]
-) -> None:
-    """Send a complete, small response in two messages."""
-    headers = [
-        (b"content-type", content_type.encode("latin-1")),
-        (b"content-length", str(len(body)).encode("latin-1")),
-        *extra,
-    ]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
-async def complete_lifespan(receive: Receive, send: Send) -> None:
-    """Answer lifespan events so the app can be served on its own (``uvicorn metrics_app``)."""
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
 
 
 class ScrapeSource(Collector):
@@ -166,37 +136,14 @@ def metrics_app(
     """
     source = ScrapeSource(registry, multiprocess_dir=multiprocess_dir, collectors=collectors)
 
-    async def serve_metrics(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await complete_lifespan(receive, send)
-            return
-        if scope["type"] != "http":
-            return  # websockets: closing without accepting is a polite refusal
-        method = scope.get("method")
-        if method not in ("GET", "HEAD"):
-            await respond(
-                send,
-                405,
-                b"Method Not Allowed\n",
-                "text/plain; charset=utf-8",
-                (b"allow", b"GET, HEAD"),
-            )
-            return
-        encoder, content_type = _encoder_for(_header(scope, b"accept"))
+    async def render_metrics(scope: Scope) -> Rendered:
+        encoder, content_type = _encoder_for(header_value(scope, b"accept"))
         body = encoder(source)
-        extra: list[tuple[bytes, bytes]] = [(b"vary", b"Accept, Accept-Encoding")]
-        if _accepts_gzip(_header(scope, b"accept-encoding")):
+        extra = [(b"vary", b"Accept, Accept-Encoding")]
+        if _accepts_gzip(header_value(scope, b"accept-encoding")):
             body = gzip.compress(body, compresslevel=6)
             extra.append((b"content-encoding", b"gzip"))
-        if method == "HEAD":
-            headers = [
-                (b"content-type", content_type.encode("latin-1")),
-                (b"content-length", str(len(body)).encode("latin-1")),
-                *extra,
-            ]
-            await send({"type": "http.response.start", "status": 200, "headers": headers})
-            await send({"type": "http.response.body", "body": b""})
-            return
-        await respond(send, 200, body, content_type, *extra)
+        return 200, body, content_type, extra
 
+    serve_metrics = read_only_endpoint(render_metrics)
     return guarded(serve_metrics, token=token, allow=allow, trusted_proxies=trusted_proxies)

@@ -18,9 +18,10 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from prometheus_client.registry import Collector
 
-from asgi_observe.metrics.exposition import ScrapeSource, complete_lifespan, guarded, respond
+from asgi_observe._asgi import Rendered, read_only_endpoint
+from asgi_observe.metrics.exposition import ScrapeSource, guarded
 from asgi_observe.security import IPNetwork
-from asgi_observe.types import ASGIApp, Receive, Scope, Send
+from asgi_observe.types import ASGIApp, Scope
 
 __all__ = ["legacy_metrics_app", "legacy_snapshot"]
 
@@ -127,37 +128,9 @@ def legacy_metrics_app(
     """
     source = ScrapeSource(registry, multiprocess_dir=multiprocess_dir, collectors=collectors)
 
-    async def serve_legacy(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await complete_lifespan(receive, send)
-            return
-        if scope["type"] != "http":
-            return
-        method = scope.get("method")
-        if method not in ("GET", "HEAD"):
-            await respond(
-                send,
-                405,
-                b"Method Not Allowed\n",
-                "text/plain; charset=utf-8",
-                (b"allow", b"GET, HEAD"),
-            )
-            return
+    async def render_legacy(scope: Scope) -> Rendered:
         body = json.dumps(legacy_snapshot(source, namespace=namespace)).encode("utf-8")
-        if method == "HEAD":
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 200,
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode("latin-1")),
-                        (b"cache-control", b"no-store"),
-                    ],
-                }
-            )
-            await send({"type": "http.response.body", "body": b""})
-            return
-        await respond(send, 200, body, "application/json", (b"cache-control", b"no-store"))
+        return 200, body, "application/json", ((b"cache-control", b"no-store"),)
 
+    serve_legacy = read_only_endpoint(render_legacy)
     return guarded(serve_legacy, token=token, allow=allow, trusted_proxies=trusted_proxies)
