@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -15,19 +12,6 @@ from opentelemetry.trace import StatusCode
 from asgi_observe import tracing
 from asgi_observe._tracing_api import TRACER_CONTEXT_KEY
 from asgi_observe.tracing import add_span_attributes, record_exception, tracer
-
-
-@pytest.fixture
-def exporter() -> InMemorySpanExporter:
-    return InMemorySpanExporter()
-
-
-@pytest.fixture
-def provider(exporter: InMemorySpanExporter) -> Iterator[TracerProvider]:
-    provider = TracerProvider(shutdown_on_exit=False)
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    yield provider
-    provider.shutdown()
 
 
 def finished(exporter: InMemorySpanExporter, name: str) -> ReadableSpan:
