@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import urllib.error
 from collections.abc import AsyncIterator
 
 import httpx
@@ -178,3 +179,35 @@ async def test_app_startup_failure_is_propagated() -> None:
     with pytest.raises(RuntimeError, match="migration"):
         await LifespanHooks(app)({"type": "lifespan"}, receive, send)
     assert sent[0]["type"] == "lifespan.startup.failed"
+
+
+def test_internal_port_serves_metrics_for_the_app_lifetime(registry: CollectorRegistry) -> None:
+    from tests.support import free_port, http_get, run_uvicorn
+
+    port = free_port()
+    settings = Settings(metrics_internal_port=port, metrics_internal_host="127.0.0.1")
+    app = instrument(starlette_app(), settings, registry=registry)
+    with run_uvicorn(app) as server:
+        assert http_get(f"{server.url}/hello/x")[0] == 200
+        assert http_get(f"{server.url}/metrics")[0] == 404
+        assert http_get(f"{server.url}/metrics/legacy")[0] == 404
+        status, _, body = http_get(f"http://127.0.0.1:{port}/metrics")
+        assert status == 200
+        assert 'handler="/hello/{name}"' in body.decode()
+        assert http_get(f"http://127.0.0.1:{port}/metrics/legacy")[0] == 200
+    with pytest.raises(urllib.error.URLError, match="refused"):  # stopped with the lifespan
+        http_get(f"http://127.0.0.1:{port}/metrics", timeout=2)
+
+
+async def test_metrics_token_guards_the_public_endpoint(registry: CollectorRegistry) -> None:
+    token = "s3cret-token-0123456789"
+    app = instrument(starlette_app(), Settings(metrics_token=token), registry=registry)
+    async with client(app) as http:
+        assert (await http.get("/metrics")).status_code == 401
+        assert (
+            await http.get("/metrics", headers={"authorization": "Bearer nope-nope-nope-nope"})
+        ).status_code == 401
+        assert (
+            await http.get("/metrics", headers={"authorization": f"Bearer {token}"})
+        ).status_code == 200
+        assert (await http.get("/metrics/legacy")).status_code == 401
