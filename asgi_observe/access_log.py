@@ -24,7 +24,7 @@ from urllib.parse import quote, unquote_plus
 from opentelemetry.trace import get_current_span
 
 from asgi_observe._client_ip import client_ip
-from asgi_observe.logging import get_logger
+from asgi_observe.logging import _write_event, get_logger
 from asgi_observe.pii import REDACTED, is_sensitive_key, redact_text
 from asgi_observe.request_id import SCOPE_KEY as REQUEST_ID_KEY
 from asgi_observe.request_id import get_request_id
@@ -58,10 +58,31 @@ DEFAULT_SENSITIVE_QUERY_PARAMS: tuple[str, ...] = (
 (which already covers ``token``, ``access_token``, ``api_key``, ``password``, ...):
 OAuth authorization codes, API keys and signed-URL signatures."""
 
+FIELD_NAMES: tuple[str, ...] = (
+    "method",
+    "path",
+    "route",
+    "status",
+    "duration_ms",
+    "client_ip",
+    "user_agent",
+    "response_size",
+    "request_id",
+    "trace_id",
+    "span_id",
+    "error",
+)
+"""The keys of an access-log line besides those every line has (``event``, ...)."""
+
+# Whether `_write_event` may redact the values of the line without looking their keys
+# up: none of them is a sensitive one. Decided here once rather than assumed.
+_PLAIN_KEYS = not any(is_sensitive_key(key) for key in FIELD_NAMES)
+
 MAX_PATH = 2048
 MAX_USER_AGENT = 512
 MAX_QUERY_PARAMS = 64
 EVENT = "request"
+LOGGER_NAME = "asgi_observe.access"
 
 
 def _escape_char(char: str) -> str:
@@ -116,6 +137,12 @@ class AccessLogMiddleware:
     scopes pass through without an event. A failure while building or writing the
     event is reported on the ``asgi_observe`` logger and never reaches the request.
 
+    With the default logger, while `configure_logging`'s production setup is in force,
+    the line is rendered and written by `asgi_observe.logging` directly: the same line
+    as the logger would write, for about half the cost. Any other setup (console,
+    ``structlog.testing.capture_logs``, your own ``structlog.configure``) and any
+    `logger` you pass get the event through the logger.
+
     Args:
         app: the ASGI app to wrap.
         logger: a structlog-style logger (``info``/``warning``/``error`` taking keyword
@@ -140,7 +167,10 @@ class AccessLogMiddleware:
         event: str = EVENT,
     ) -> None:
         self.app = app
-        self._logger = logger if logger is not None else get_logger("asgi_observe.access")
+        # With the default logger, lines take the cheaper route of `_write_event` while
+        # configure_logging's production pipeline is in force (same output).
+        self._direct = logger is None
+        self._logger = logger if logger is not None else get_logger(LOGGER_NAME)
         self._exclude = frozenset(exclude_paths)
         self._trusted = tuple(trusted_proxies)
         self._route_resolver = route_resolver
@@ -214,6 +244,11 @@ class AccessLogMiddleware:
                 fields["error"] = escape_control(
                     redact_text(f"{type(error).__qualname__}: {error}"), MAX_PATH
                 )
+            level = "error" if status >= 500 else "warning" if status >= 400 else "info"
+            if self._direct and _write_event(
+                LOGGER_NAME, level, self._event, fields, plain_keys=_PLAIN_KEYS
+            ):
+                return
             logger = self._logger
             if status >= 500:
                 logger.error(self._event, **fields)

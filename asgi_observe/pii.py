@@ -213,6 +213,7 @@ def _redact_defaults(text: str) -> str:
 _cache: dict[str, str] = {}
 _CACHE_MAX_TEXT = 256
 _CACHE_SIZE = 4096
+_ID_LENGTH = 16  # span ids; trace ids, UUIDs in hex and ULIDs are longer
 
 
 def redact_text(text: str) -> str:
@@ -224,6 +225,13 @@ def redact_text(text: str) -> str:
         cached = _cache.get(text)
         if cached is not None:
             return cached
+        if len(text) >= _ID_LENGTH and text.isascii() and text.isalnum() and not text.isdigit():
+            # Hex trace, span and request ids, unique per line: no default pattern can
+            # match a run of ASCII letters and digits with a letter in it (each needs a
+            # separator, or a whole-string match of digits only), so they are neither
+            # scanned nor allowed to push the repeated values out of the memo. Shorter
+            # words ("GET", "request") are memoised as usual: a lookup is cheaper still.
+            return text
         result = _redact_defaults(text)
         if result == text:
             result = text
@@ -236,6 +244,16 @@ def redact_text(text: str) -> str:
     for pattern, replacement in patterns:
         result = pattern.sub(replacement, result)
     return text if result == text else result
+
+
+def _defaults_memo() -> dict[str, str] | None:
+    """`redact_text`'s memo while the default patterns are in force, else None.
+
+    An entry is exactly what `redact_text` returns for its key, so hot paths look values
+    up here first and save the call for the values seen before.
+    """
+    patterns = PII_PATTERNS
+    return _cache if patterns is _DEFAULT_LIST and patterns == _DEFAULTS else None
 
 
 _SUFFIXES = tuple(SENSITIVE_KEYS)
@@ -281,6 +299,8 @@ def _clean(value: Any, depth: int) -> Any:
         return cleaned if kind is list else tuple(cleaned)
     if isinstance(value, (bytes, bytearray, memoryview)):
         return redact_text(bytes(value).decode("utf-8", "backslashreplace"))
+    if isinstance(value, float) and not math.isfinite(value):  # a float subclass NaN/inf
+        return str(float(value))
     if isinstance(value, (int, float)):  # IntEnum, numpy-free subclasses: keep numeric
         return value
     if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
@@ -353,6 +373,8 @@ class PIIRedactor:
     def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
         is_sensitive = self._is_sensitive
         known = _key_cache if is_sensitive is is_sensitive_key else None
+        # Most values of a line were seen before; a lookup costs less than a call.
+        memo = _defaults_memo()
         for key, value in event_dict.items():
             sensitive = known.get(key) if known is not None else None
             if sensitive is None:
@@ -362,10 +384,36 @@ class PIIRedactor:
                 continue
             kind = type(value)
             if kind is str:
-                event_dict[key] = redact_text(value)
+                redacted = memo.get(value) if memo is not None else None
+                if redacted is None:
+                    redacted = redact_text(value)
+                if redacted is not value:
+                    event_dict[key] = redacted
             elif not (value is None or kind is int or kind is bool or kind is float):
                 if key not in _PASSTHROUGH_KEYS:
                     event_dict[key] = redact(value)
             elif kind is float and not math.isfinite(value):
                 event_dict[key] = str(value)
         return event_dict
+
+
+def _redact_plain_values(event_dict: dict[str, Any]) -> None:
+    """What `PIIRedactor` does to `event_dict`, for keys known not to be sensitive.
+
+    The access log's own keys are fixed names that are neither sensitive nor
+    ProcessorFormatter internals, so their sensitivity need not be looked up per line.
+    Keep the value rules here identical to `PIIRedactor.__call__`.
+    """
+    memo = _defaults_memo()
+    for key, value in event_dict.items():
+        kind = type(value)
+        if kind is str:
+            redacted = memo.get(value) if memo is not None else None
+            if redacted is None:
+                redacted = redact_text(value)
+            if redacted is not value:
+                event_dict[key] = redacted
+        elif not (value is None or kind is int or kind is bool or kind is float):
+            event_dict[key] = redact(value)
+        elif kind is float and not math.isfinite(value):
+            event_dict[key] = str(value)

@@ -3,20 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import ipaddress
+import itertools
+import json
 import logging
+import time
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import pytest
+import structlog
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.id_generator import IdGenerator
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
+from structlog.typing import EventDict
 
+from asgi_observe import access_log
+from asgi_observe import logging as asgi_logging
 from asgi_observe.access_log import MAX_PATH, AccessLogMiddleware
 from asgi_observe.logging import configure_logging
 from asgi_observe.request_id import RequestIdMiddleware
@@ -371,3 +381,236 @@ def _scope(
         "client": client,
         "server": ("127.0.0.1", 80),
     }
+
+
+# --- The cheaper route of the default logger: same lines as the generic pipeline ---
+
+
+def _access_lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if '"logger":"asgi_observe.access"' in line]
+
+
+def _freeze_clocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fixed timestamps and durations, so lines written twice can be compared whole."""
+    monkeypatch.setattr(
+        asgi_logging,
+        "time",
+        SimpleNamespace(
+            time=lambda: 1_700_000_000.123456, strftime=time.strftime, gmtime=time.gmtime
+        ),
+    )
+    monkeypatch.setattr(access_log, "perf_counter", itertools.cycle([10.0, 10.0123456]).__next__)
+
+
+class _Binding:
+    """Binds structlog context around the app, as an application middleware would."""
+
+    def __init__(self, app: ASGIApp, **bound: Any) -> None:
+        self.app = app
+        self.bound = bound
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        tokens = structlog.contextvars.bind_contextvars(**self.bound)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            structlog.contextvars.reset_contextvars(**tokens)
+
+
+class _FixedIds(IdGenerator):
+    """The same ids for every span, so a traced request can be replayed line for line."""
+
+    def generate_trace_id(self) -> int:
+        return 0x4BF92F3577B34DA6A3CE929D0E0E4736
+
+    def generate_span_id(self) -> int:
+        return 0x00F067AA0BA902B7
+
+
+def _traced(app: ASGIApp) -> ASGIApp:
+    tracer = TracerProvider(id_generator=_FixedIds()).get_tracer("test")
+
+    async def traced(scope: Scope, receive: Receive, send: Send) -> None:
+        with tracer.start_as_current_span("server"):
+            await app(scope, receive, send)
+
+    return traced
+
+
+BOUND = {
+    "user": "alice@example.com",  # personal data in a bound value
+    "api_key": "k-123",  # a sensitive key
+    "tenant": "acme",
+    "attempt": 3,
+    "ratio": float("inf"),
+    "nested": {"password": "hunter2", "phones": ["+62 812-3456-7890"]},
+    "raw": b"\xff",
+    "logger": "spoofed",  # keys the pipeline owns: overwritten in place
+    "timestamp": "spoofed",
+    "request_id": "bound-id",  # the line's own request_id wins
+}
+
+SCENARIOS: list[tuple[str, str, list[tuple[bytes, bytes]], dict[str, Any], bool]] = [
+    # (id, path with query, headers, bound context, traced)
+    ("plain", "/items/42?page=2", [(b"user-agent", b"probe/1.0")], {}, False),
+    (
+        "pii",
+        "/users/bob@example.com?email=bob%40example.com&token=t0k3n&pwd=hunter2&n=555-123-4567",
+        [(b"user-agent", b"bot (+mailto:ops@example.com) Bearer abcdefghijkl")],
+        {},
+        False,
+    ),
+    ("bound", "/items/7", [(b"user-agent", b"probe/1.0")], BOUND, False),
+    ("traced", "/items/8", [], {"tenant": "acme"}, True),
+    ("gone", "/gone?x=1", [(b"user-agent", b"probe/1.0")], {}, True),
+    ("no-route", "/nowhere", [], {}, False),
+    ("boom", "/boom", [(b"user-agent", b"probe/1.0")], {"tenant": "acme"}, True),
+    ("control", "/a\nb", [(b"user-agent", b"ua\x1b[31m\r\n")], {}, False),
+    ("exc-info-bound", "/items/9", [], {"exc_info": True}, False),
+]
+
+
+@pytest.mark.parametrize(
+    "scenario", [pytest.param(scenario[1:], id=scenario[0]) for scenario in SCENARIOS]
+)
+async def test_default_logger_lines_equal_the_generic_pipeline(
+    json_logs: io.StringIO,
+    monkeypatch: pytest.MonkeyPatch,
+    scenario: tuple[str, list[tuple[bytes, bytes]], dict[str, Any], bool],
+) -> None:
+    path, headers, bound, traced = scenario
+    _freeze_clocks(monkeypatch)
+    direct: list[bool] = []
+    write_event = asgi_logging._write_event
+
+    def spy(*args: Any, **kwargs: Any) -> bool:
+        direct.append(write_event(*args, **kwargs))
+        return direct[-1]
+
+    app: ASGIApp = _Binding(AccessLogMiddleware(_app()), **bound)
+    if traced:
+        app = _traced(app)
+    app = RequestIdMiddleware(app)
+    path, _, query = path.partition("?")
+    headers = [*headers, (b"x-request-id", b"rid-1")]
+
+    monkeypatch.setattr(access_log, "_write_event", spy)
+    with contextlib.suppress(RuntimeError):
+        await _call(app, _scope(path, query=query.encode(), headers=headers))
+    fast = json_logs.getvalue()
+    json_logs.seek(0)
+    json_logs.truncate()
+    monkeypatch.setattr(access_log, "_write_event", lambda *args, **kwargs: False)
+    with contextlib.suppress(RuntimeError):
+        await _call(app, _scope(path, query=query.encode(), headers=headers))
+    generic = json_logs.getvalue()
+
+    assert direct == [True]  # the first line did take the direct route
+    [fast_line] = _access_lines(fast)
+    [generic_line] = _access_lines(generic)
+    assert list(json.loads(fast_line).items()) == list(json.loads(generic_line).items())
+    assert fast_line == generic_line
+    entry = json.loads(fast_line)
+    assert set(entry) >= FIELDS | {"event", "level", "logger", "timestamp"}
+    assert set(entry) - {"event", "level", "logger", "timestamp"} - set(bound) <= set(
+        access_log.FIELD_NAMES
+    )
+    assert (entry["logger"], entry["request_id"]) == ("asgi_observe.access", "rid-1")
+    assert (entry["trace_id"] is not None) is traced
+
+
+async def test_pii_and_levels_on_the_direct_route(json_logs: io.StringIO) -> None:
+    app = _Binding(AccessLogMiddleware(_app()), **BOUND)
+    await _call(
+        app,
+        _scope(
+            "/users/bob@example.com",
+            query=b"pwd=hunter2&token=t0k3n",
+            headers=[(b"user-agent", b"bot (+mailto:ops@example.com)")],
+        ),
+    )
+    await _call(app, _scope("/gone"))
+    with pytest.raises(RuntimeError):
+        await _call(app, _scope("/boom"))
+    first, gone, boom = [e for e in lines(json_logs) if e["logger"] == "asgi_observe.access"]
+    assert first["path"] == "/users/[REDACTED_EMAIL]?pwd=[REDACTED]&token=[REDACTED]"
+    assert first["user_agent"] == "bot (+mailto:[REDACTED_EMAIL])"
+    assert (first["user"], first["api_key"]) == ("[REDACTED_EMAIL]", "[REDACTED]")
+    assert first["nested"] == {"password": "[REDACTED]", "phones": ["[REDACTED_PHONE]"]}
+    assert (first["ratio"], first["raw"], first["logger"]) == (
+        "inf",
+        "\\xff",
+        "asgi_observe.access",
+    )
+    # the line's keys, then event, then the bound ones in context order, level last
+    assert list(first)[:12] == [*[k for k in access_log.FIELD_NAMES if k != "error"], "event"]
+    assert set(list(first)[12:-1]) == set(BOUND) - {"request_id"}
+    assert list(first)[-1] == "level"
+    assert [(e["level"], e["status"]) for e in (first, gone, boom)] == [
+        ("warning", 404),
+        ("warning", 410),
+        ("error", 500),
+    ]
+    assert boom["error"] == "RuntimeError: failed for [REDACTED_EMAIL]"
+    for secret in ("bob@", "hunter2", "t0k3n", "ops@", "alice@", "k-123"):
+        assert secret not in json_logs.getvalue()
+
+
+async def test_level_filter_is_honoured_on_the_direct_route(restore_logging: None) -> None:
+    stream = io.StringIO()
+    configure_logging(Settings(environment="production", log_level="WARNING"), stream=stream)
+    middleware = AccessLogMiddleware(_app())
+    await _call(middleware, _scope("/items/1"))
+    await _call(middleware, _scope("/gone"))
+    assert [(e["level"], e["path"]) for e in lines(stream)] == [("warning", "/gone")]
+
+
+async def test_reconfiguration_reaches_an_existing_middleware(restore_logging: None) -> None:
+    first, second, console = io.StringIO(), io.StringIO(), io.StringIO()
+    configure_logging(Settings(environment="production"), stream=first)
+    middleware = AccessLogMiddleware(_app())
+    await _call(middleware, _scope("/items/1"))
+    configure_logging(Settings(environment="production"), stream=second)
+    await _call(middleware, _scope("/items/2"))
+    configure_logging(Settings(environment="development"), stream=console, colors=False)
+    await _call(middleware, _scope("/items/3"))
+    assert [e["path"] for e in lines(first)] == ["/items/1"]
+    assert [e["path"] for e in lines(second)] == ["/items/2"]
+    assert "path=/items/3" in console.getvalue()
+    assert not console.getvalue().startswith("{")
+
+
+async def test_capture_logs_and_a_direct_structlog_configure_are_honoured(
+    json_logs: io.StringIO,
+) -> None:
+    middleware = AccessLogMiddleware(_app())
+    with structlog.testing.capture_logs() as captured:
+        await _call(middleware, _scope("/items/1", query=b"token=t"))
+    assert [(e["event"], e["log_level"], e["path"]) for e in captured] == [
+        ("request", "info", "/items/1?token=[REDACTED]")
+    ]
+    assert "asgi_observe.access" not in json_logs.getvalue()
+
+    def tag(logger: Any, method_name: str, event_dict: EventDict) -> EventDict:
+        event_dict["tagged"] = True
+        return event_dict
+
+    processors = structlog.get_config()["processors"]
+    structlog.configure(processors=[tag, *processors])
+    await _call(middleware, _scope("/items/2"))
+    [entry] = [e for e in lines(json_logs) if e["logger"] == "asgi_observe.access"]
+    assert (entry["path"], entry["tagged"]) == ("/items/2", True)
+
+
+async def test_a_failing_direct_route_never_reaches_the_request(
+    json_logs: io.StringIO, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(event_dict: dict[str, Any]) -> None:
+        raise RuntimeError("redactor broke")
+
+    monkeypatch.setattr(asgi_logging, "_redact_plain_values", broken)
+    with caplog.at_level(logging.WARNING, logger="asgi_observe"):
+        async with _client(AccessLogMiddleware(_app())) as client:
+            response = await client.get("/items/1")
+    assert response.status_code == 200
+    assert any("could not write the access log" in r.getMessage() for r in caplog.records)

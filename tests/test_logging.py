@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import io
 import json
@@ -12,18 +13,25 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 from decimal import Decimal
+from http import HTTPStatus
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import pytest
 import structlog
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from opentelemetry.sdk.trace import TracerProvider
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
+from asgi_observe import logging as asgi_logging
+from asgi_observe import pii
 from asgi_observe.access_log import AccessLogMiddleware
 from asgi_observe.logging import (
     bind_request_id,
@@ -32,6 +40,7 @@ from asgi_observe.logging import (
     get_logger,
     json_dumps,
 )
+from asgi_observe.pii import is_sensitive_key
 from asgi_observe.request_id import RequestIdMiddleware, get_request_id
 from asgi_observe.settings import Settings
 from tests.logging_support import json_logs, lines, restore_logging
@@ -354,3 +363,164 @@ def test_a_server_logger_switched_off_stays_off(restore_logging: None) -> None:
     assert not access.hasHandlers()
     assert error.propagate is True
     assert error.handlers == []
+
+
+# --- _write_event: the access log's cheaper route renders what the logger would ---
+
+FROZEN_TIME = SimpleNamespace(
+    time=lambda: 1_700_000_000.5, strftime=time.strftime, gmtime=time.gmtime
+)
+
+
+TRACER = TracerProvider().get_tracer("test.direct")
+
+
+class _Unprintable:
+    def __str__(self) -> str:
+        raise RuntimeError("no str")
+
+
+class _Inf(float):
+    """A float subclass PIIRedactor keeps as is: the renderer's own fallback decides."""
+
+
+SAFE_NAMES = [
+    name
+    for name in ("method", "path", "status", "user", "count", "ratio", "note", "nested", "when")
+    if not is_sensitive_key(name)
+]
+ANY_NAMES = [*SAFE_NAMES, "password", "X-Api-Key", "session_id", "logger", "level", "event"]
+VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(),
+    st.text(max_size=40),
+    st.sampled_from(
+        [
+            "bob@example.com",
+            "call +62 812-3456-7890 now",
+            "card 4111 1111 1111 1111",
+            "Bearer abcdefghijkl",
+            "pwd=hunter2",
+            "4bf92f3577b34da6a3ce929d0e0e4736",
+            "line\nbreak \x1b[31m",
+            "café ☕",
+            "",
+        ]
+    ),
+    st.binary(max_size=8),
+    st.just(datetime.datetime(2024, 1, 1, 12, 30)),
+    st.just(Decimal("9.99")),
+    st.just(_Unprintable()),
+    st.just(_Inf("inf")),
+    st.just(HTTPStatus.NOT_FOUND),
+    st.lists(st.text(max_size=8), max_size=3),
+    st.dictionaries(st.sampled_from(["token", "email", "n"]), st.text(max_size=20), max_size=3),
+)
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(data=st.data())
+def test_write_event_renders_what_the_logger_renders(
+    json_logs: io.StringIO, monkeypatch: pytest.MonkeyPatch, data: st.DataObject
+) -> None:
+    method_name = data.draw(st.sampled_from(["debug", "info", "warning", "error", "critical"]))
+    event = data.draw(st.one_of(st.text(max_size=20), st.just("mail bob@example.com")))
+    plain = data.draw(st.booleans(), "plain keys")
+    traced = data.draw(st.booleans(), "in a span")
+    monkeypatch.setattr(asgi_logging, "time", FROZEN_TIME)
+    names = SAFE_NAMES if plain else ANY_NAMES
+    fields = data.draw(st.dictionaries(st.sampled_from(names), VALUES, max_size=6), "fields")
+    fields.pop("event", None)  # the event is passed on its own
+    bound = data.draw(
+        st.dictionaries(
+            st.sampled_from([*ANY_NAMES, "timestamp", "tenant", "exc_info"]), VALUES, max_size=4
+        ),
+        "bound",
+    )
+    if "exc_info" in bound:
+        bound["exc_info"] = bool(bound["exc_info"])  # only what format_exc_info accepts
+    json_logs.seek(0)
+    json_logs.truncate()
+    tokens = structlog.contextvars.bind_contextvars(**bound)
+    try:
+        with contextlib.ExitStack() as stack:
+            if traced:
+                stack.enter_context(TRACER.start_as_current_span("work"))
+            assert asgi_logging._write_event(
+                "app.direct", method_name, event, dict(fields), plain_keys=plain
+            )
+            direct = json_logs.getvalue()
+            json_logs.seek(0)
+            json_logs.truncate()
+            getattr(get_logger("app.direct"), method_name)(event, **fields)
+            through_logger = json_logs.getvalue()
+    finally:
+        structlog.contextvars.reset_contextvars(**tokens)
+    if "unrenderable log event" not in direct:  # (a non-finite float subclass loses the line)
+        assert ('"span_id":' in direct) is (traced or "span_id" in bound)
+    assert direct.count("\n") == 1
+    assert direct == through_logger
+
+
+def test_write_event_declines_what_it_cannot_reproduce(restore_logging: None) -> None:
+    stream = io.StringIO()
+    fields = {"path": "/a"}
+    configure_logging(Settings(environment="development"), stream=stream, colors=False)
+    assert not asgi_logging._write_event("x", "info", "e", fields, plain_keys=True)
+    configure_logging(Settings(environment="production", log_level="WARNING"), stream=stream)
+    with structlog.testing.capture_logs():
+        assert not asgi_logging._write_event("x", "warning", "e", fields, plain_keys=True)
+    assert not asgi_logging._write_event("x", "warn", "e", fields)  # an alias: the logger's job
+    assert asgi_logging._write_event("x", "info", "e", fields)  # below the level: dropped
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
+    assert not asgi_logging._write_event("x", "warning", "e", fields)
+    structlog.configure(processors=[structlog.processors.JSONRenderer()])
+    assert not asgi_logging._write_event("x", "warning", "e", fields)
+    assert fields == {"path": "/a"}  # untouched whenever it declined
+    assert stream.getvalue() == ""
+
+
+def test_the_direct_route_skips_the_generic_encoder_on_this_python() -> None:
+    # CPython has the C encoder; without it the renderer is used (same output, slower).
+    assert asgi_logging._SANITIZED_ENCODER is not None
+
+
+def test_json_dumps_uses_each_callers_default() -> None:
+    class Thing:
+        pass
+
+    assert json_dumps({"a": Thing()}, default=lambda value: "first") == '{"a":"first"}'
+    assert json_dumps({"a": Thing()}, default=lambda value: "second") == '{"a":"second"}'
+    assert json_dumps({"a": {1, 2}}) == '{"a":[1,2]}'
+
+
+@given(st.from_regex(r"\A[A-Za-z0-9]{0,40}[A-Za-z][A-Za-z0-9]{0,40}\Z"))
+def test_ascii_ids_are_provably_clean(text: str) -> None:
+    """redact_text returns letters-and-digits runs unchanged; every default pattern agrees."""
+    assert pii.redact_text(text) == text
+    for pattern, replacement in pii.PII_PATTERNS:
+        assert pattern.sub(replacement, text) == text
+
+
+def test_ids_do_not_push_repeated_values_out_of_the_memo() -> None:
+    ids = ["4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7", "01ARZ3NDEKTSV4RRFFQ69G5FAV"]
+    for text in [*ids, "GET", "request"]:
+        assert pii.redact_text(text) == text
+    assert not set(ids) & set(pii._cache)
+    assert {"GET", "request"} <= set(pii._cache)
+
+
+@pytest.mark.parametrize(
+    "text", ["4111111111111111", "5551234567", "eyJhbGciOiJIUzI1NiJ9", "bearerabcdefgh1", "x" * 300]
+)
+def test_id_shortcut_edges(text: str) -> None:
+    expected = text
+    for pattern, replacement in pii.PII_PATTERNS:
+        expected = pattern.sub(replacement, expected)
+    assert pii.redact_text(text) == expected

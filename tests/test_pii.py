@@ -351,3 +351,11 @@ def test_any_text_is_handled_and_idempotent(text: str) -> None:
     once = redact(text)
     assert redact(once) == once
     assert pii.redact_text(text) == once
+
+
+def test_non_finite_float_subclasses_become_strings() -> None:
+    class Ratio(float):
+        pass
+
+    cleaned = redact({"ratio": Ratio("nan"), "limit": Ratio("inf"), "ok": Ratio(0.5)})
+    assert cleaned == {"ratio": "nan", "limit": "inf", "ok": 0.5}
