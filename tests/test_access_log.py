@@ -25,6 +25,7 @@ from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 from structlog.typing import EventDict
 
+from asgi_observe import _log_processors as log_processors
 from asgi_observe import access_log
 from asgi_observe import logging as asgi_logging
 from asgi_observe.access_log import MAX_PATH, AccessLogMiddleware
@@ -393,7 +394,7 @@ def _access_lines(output: str) -> list[str]:
 def _freeze_clocks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Fixed timestamps and durations, so lines written twice can be compared whole."""
     monkeypatch.setattr(
-        asgi_logging,
+        log_processors,
         "time",
         SimpleNamespace(
             time=lambda: 1_700_000_000.123456, strftime=time.strftime, gmtime=time.gmtime

@@ -30,6 +30,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
+from asgi_observe import _log_processors as log_processors
 from asgi_observe import logging as asgi_logging
 from asgi_observe import pii
 from asgi_observe.access_log import AccessLogMiddleware
@@ -433,7 +434,7 @@ def test_write_event_renders_what_the_logger_renders(
     event = data.draw(st.one_of(st.text(max_size=20), st.just("mail bob@example.com")))
     plain = data.draw(st.booleans(), "plain keys")
     traced = data.draw(st.booleans(), "in a span")
-    monkeypatch.setattr(asgi_logging, "time", FROZEN_TIME)
+    monkeypatch.setattr(log_processors, "time", FROZEN_TIME)
     names = SAFE_NAMES if plain else ANY_NAMES
     fields = data.draw(st.dictionaries(st.sampled_from(names), VALUES, max_size=6), "fields")
     fields.pop("event", None)  # the event is passed on its own

@@ -137,17 +137,21 @@ class MetricsMiddleware:
             await send(message)
 
         in_flight = self._metrics.in_flight
+        gauge = self._metrics.in_progress_gauge
         key = id(scope)
         downstream: Send = send_recording_response
+        counted: list[Gauge] = []
         if in_flight is not None:
             in_flight.active[key] = scope
-        else:
-            downstream = self._track_in_progress(scope, send_recording_response)
+        elif gauge is not None:
+            downstream = self._counting_in_progress(scope, send_recording_response, gauge, counted)
         try:
             await self.app(scope, receive_counting_bytes, downstream)
         finally:  # on an app exception: 500, or the status already sent
             if in_flight is not None:
                 in_flight.active.pop(key, None)
+            for child in counted:
+                child.dec()
             if not recorded:
                 self._record_safely(scope, status or 500, perf_counter() - start, received, sent)
 
@@ -159,34 +163,26 @@ class MetricsMiddleware:
         except Exception:
             logger.exception("asgi_observe: failed to record HTTP metrics")
 
-    def _track_in_progress(self, scope: Scope, send: Send) -> Send:
+    def _counting_in_progress(
+        self, scope: Scope, send: Send, gauge: Gauge, counted: list[Gauge]
+    ) -> Send:
         """Multiprocess mode: count the request in progress once its route is known.
 
         A livesum gauge needs its labels when it is incremented, and the route is known
         only when the response starts; the gauge therefore covers the response phase.
+        The caller decrements what `counted` holds when the app returns or raises.
         """
-        gauge = self._metrics.in_progress_gauge
-        assert gauge is not None
-        current: list[Gauge] = []
 
-        async def send_tracking_progress(message: Message) -> None:
-            if message["type"] == "http.response.start" and not current:
+        async def send_counting_progress(message: Message) -> None:
+            if message["type"] == "http.response.start" and not counted:
                 template = resolve_route(scope, self._resolver, status=message.get("status"))
                 handler = UNMATCHED_LABEL if template is None else self._handlers.bound(template)
                 child = gauge.labels(normalize_method(scope.get("method")), handler)
                 child.inc()
-                current.append(child)
-            try:
-                await send(message)
-            finally:
-                if (
-                    message["type"] == "http.response.body"
-                    and not message.get("more_body")
-                    and current
-                ):
-                    current.pop().dec()
+                counted.append(child)
+            await send(message)
 
-        return send_tracking_progress
+        return send_counting_progress
 
     def _record(self, scope: Scope, status: int, duration: float, received: int, sent: int) -> None:
         method = normalize_method(scope.get("method"))

@@ -516,3 +516,27 @@ async def test_fastapi_and_litestar_apps_get_their_templates(registry: Collector
         value(registry, REQUESTS, method="GET", status="200", handler="/api/tours/{tour_id}") == 1
     )
     assert value(other, REQUESTS, method="GET", status="200", handler="/villas/{villa_id}") == 1
+
+
+async def test_multiprocess_in_progress_gauge_returns_to_zero_when_the_app_raises(
+    registry: CollectorRegistry,
+) -> None:
+    during: list[float] = []
+
+    async def half(scope: Scope, receive: Receive, send: Send) -> None:
+        scope["asgi_observe.route"] = "/half"
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        during.append(value(registry, "http_requests_in_progress", method="GET", handler="/half"))
+        raise ConnectionResetError("client went away")
+
+    app = MetricsMiddleware(half, registry=registry, multiprocess=True)
+    with pytest.raises(ConnectionResetError):
+        await app(_scope("/half"), _receive_nothing, _discard)
+    assert during == [1.0]
+    assert (
+        registry.get_sample_value(
+            "http_requests_in_progress", {"method": "GET", "handler": "/half"}
+        )
+        == 0.0
+    )
+    assert value(registry, REQUESTS, method="GET", status="200", handler="/half") == 1
