@@ -318,7 +318,8 @@ def build_api(
 def build_health(
     settings: Settings, engine: AsyncEngine, redis_client: Any, registry: CollectorRegistry
 ) -> HealthApp:
-    probes: list[Check] = [checks.database(engine, timeout=2.0), checks.disk("/")]
+    # A filling disk is worth a warning on the probe, not taking the pod out of service.
+    probes: list[Check] = [checks.database(engine, timeout=2.0), checks.disk("/", critical=False)]
     if redis_client is not None:
         probes.append(checks.redis(redis_client, timeout=1.0))
     return HealthApp(

@@ -15,6 +15,13 @@ for _ in $(seq 1 600); do
   if curl -fsS "http://127.0.0.1:$port/health/live" >/dev/null 2>&1; then
     echo "make run: /health/live answered on port $port"
     curl -fsS "http://127.0.0.1:$port/health/live"; echo
+    # Readiness on the embedded defaults (SQLite file, no Redis) must be 200 as well.
+    if ! curl -fsS "http://127.0.0.1:$port/health/ready"; then
+      echo; echo "make run: /health/ready is not 200 on the defaults" >&2
+      cat "$work/run.log" >&2
+      exit 1
+    fi
+    echo
     kill -- "-$pid" 2>/dev/null || true
     exit 0
   fi

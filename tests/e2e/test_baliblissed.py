@@ -124,11 +124,11 @@ def test_reference_service_on_postgres_and_redis(
             assert statuses[20] == 429
             ready = client.get("/health/ready")
             assert ready.status_code == 200, ready.text
-            assert {name: check["status"] for name, check in ready.json()["checks"].items()} == {
-                "database": "pass",
-                "redis": "pass",
-                "disk": "pass",
+            statuses_by_check = {
+                name: check["status"] for name, check in ready.json()["checks"].items()
             }
+            assert statuses_by_check.pop("disk") in ("pass", "warn")  # the host's disk decides
+            assert statuses_by_check == {"database": "pass", "redis": "pass"}
             with run_prometheus([url.removeprefix("http://")]) as prometheus:
                 prometheus.wait_for('baliblissed_rate_limit_hits_total{endpoint="/itineraries"}')
                 missing = [family for family in SEED_FAMILIES if not prometheus.vector(family)]
