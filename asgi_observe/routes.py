@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 import threading
 from collections.abc import Iterable
 from typing import Any, Protocol
@@ -150,9 +151,9 @@ def peek_route(scope: Scope, *, status: int | None = None) -> str | None:
         explicit = scope.get(ROUTE_SCOPE_KEY)
         if isinstance(explicit, str):
             return explicit
-        route = scope.get("route")
-        if route is not None:
-            return _starlette_template(scope, route, status)
+        router = scope.get("router")
+        if router is not None and ("route" in scope or "endpoint" in scope):
+            return _starlette_template(scope, router, status)
         template = scope.get("path_template")  # Litestar
         if isinstance(template, str) and template:
             return template
@@ -164,27 +165,48 @@ def peek_route(scope: Scope, *, status: int | None = None) -> str | None:
 
 
 # --- Starlette / FastAPI ---------------------------------------------------------------
+#
+# Starlette's routers set scope["route"] (the innermost matched route) and
+# scope["endpoint"] (a Route's endpoint, or a Mount's app); FastAPI >= 0.16x sets
+# scope["route"] only for its own APIRoutes, so plain Routes and Mounts under a FastAPI
+# router are found by their endpoint. The outermost router is scope["router"].
+
+_PARAM = re.compile(r"\{[^}]+\}")
+
+
+def _prefix_regex(prefix: str) -> re.Pattern[str]:
+    """A regex matching the concrete root_path part a mount-prefix template produces."""
+    literal = re.escape(prefix).replace(r"\{", "{").replace(r"\}", "}")
+    return re.compile("^" + _PARAM.sub("[^/]+", literal) + "$")
 
 
 class _Entry:
-    """Where one route object sits in the router tree."""
+    """One place of a route object in the router tree."""
 
-    __slots__ = ("mounted", "opaque", "template")
+    __slots__ = ("kind", "mounted", "mounted_regex", "route", "template")
 
-    def __init__(self, template: str, mounted: str, *, opaque: bool) -> None:
+    def __init__(self, route: Any, template: str, mounted: str, kind: str) -> None:
+        self.route = route
         self.template = template  # the full template at this place
         self.mounted = mounted  # the mount prefixes root_path holds when routed here
-        self.opaque = opaque  # a Mount of an app without routes: the sub-app's paths follow
+        self.mounted_regex = _prefix_regex(mounted)
+        # "route": an endpoint; "opaque": a Mount of an app without routes (its own paths
+        # follow); "mount": a Mount of a router, final only when nothing inside matched.
+        self.kind = kind
 
 
 class _RouterIndex:
-    """Maps id(route) to its full template; built once per top-level router."""
+    """Every route of a top-level router with its full template; built once per router."""
 
     def __init__(self, router: Any) -> None:
         self.router = router
-        self.entries: dict[int, list[_Entry]] = {}
-        self.keep: list[Any] = []  # holds the routes so their ids stay unique
+        self.size = _route_count(router)
+        self.by_route: dict[int, list[_Entry]] = {}
+        self.by_endpoint: dict[int, list[_Entry]] = {}
+        self.opaque: list[_Entry] = []
+        self.recovered: dict[tuple[int, str], str | None] = {}
         self._walk(getattr(router, "routes", ()), "", depth=0)
+        self.opaque.sort(key=lambda entry: len(entry.mounted), reverse=True)  # deepest first
 
     def _walk(self, routes: Iterable[Any], prefix: str, depth: int) -> None:
         if depth > 32:  # a cyclic or absurdly deep tree: stop rather than recurse forever
@@ -203,18 +225,31 @@ class _RouterIndex:
                 and children is not None
             ):
                 mount_prefix = prefix + path_format[: -len("/{path}")]
-                # An opaque mount's root_path includes its own prefix, hence mount_prefix twice.
-                self._add(route, mount_prefix, mount_prefix, opaque=not children)
+                # A mount's root_path includes its own prefix, hence mount_prefix twice.
+                kind = "mount" if children else "opaque"
+                self._add(route, mount_prefix, mount_prefix, kind, endpoint=route.app)
                 if children:
                     self._walk(children, mount_prefix, depth + 1)
             elif isinstance(path_format, str):
-                self._add(route, prefix + path_format, prefix, opaque=False)
+                endpoint = getattr(route, "endpoint", None)
+                self._add(route, prefix + path_format, prefix, "route", endpoint=endpoint)
             elif children:  # Host(...) and other prefix-less containers
                 self._walk(children, prefix, depth + 1)
 
-    def _add(self, route: Any, template: str, mounted: str, *, opaque: bool) -> None:
-        self.keep.append(route)
-        self.entries.setdefault(id(route), []).append(_Entry(template, mounted, opaque=opaque))
+    def _add(self, route: Any, template: str, mounted: str, kind: str, *, endpoint: Any) -> None:
+        entry = _Entry(route, template, mounted, kind)
+        self.by_route.setdefault(id(route), []).append(entry)
+        if endpoint is not None:
+            self.by_endpoint.setdefault(id(endpoint), []).append(entry)
+        if kind == "opaque":
+            self.opaque.append(entry)
+
+
+def _route_count(router: Any) -> int:
+    try:
+        return len(router.routes)
+    except Exception:
+        return -1
 
 
 _indexes: dict[int, _RouterIndex] = {}
@@ -226,60 +261,100 @@ def _report_once(key: str, message: str) -> None:
     if key in _reported:
         return
     _reported.add(key)
-    logger.warning("asgi_observe: %s", message, exc_info=True)
+    logger.warning("asgi_observe: %s", message, exc_info=sys.exc_info()[0] is not None)
 
 
-def _index_for(router: Any, route: Any) -> list[_Entry] | None:
+def _index_for(router: Any, *, stale: bool = False) -> _RouterIndex:
+    """The index of `router`; rebuilt when `stale` and its route count changed."""
     index = _indexes.get(id(router))
-    if index is not None and index.router is router:
-        found = index.entries.get(id(route))
-        if found is not None:
-            return found
-    # First request on this router, or routes were added after the index was built.
-    with _indexes_lock:
+    if (
+        index is not None
+        and index.router is router
+        and (not stale or index.size == _route_count(router))
+    ):
+        return index
+    with _indexes_lock:  # first request on this router, or routes were added since
         index = _RouterIndex(router)
         if len(_indexes) > 64:  # routers of discarded apps (tests build many) must not pile up
             _indexes.clear()
         _indexes[id(router)] = index
-    return index.entries.get(id(route))
+    return index
 
 
-_PARAM = re.compile(r"\{[^}]+\}")
+def _mounted_part(scope: Scope) -> str:
+    root: str = scope.get("root_path", "")
+    return root[len(scope.get("app_root_path", "")) :]
 
 
-def _prefix_matches(prefix: str, mounted_path: str) -> bool:
-    pattern = (
-        "^" + _PARAM.sub("[^/]+", re.escape(prefix).replace(r"\{", "{").replace(r"\}", "}")) + "$"
-    )
-    return re.match(pattern, mounted_path) is not None
-
-
-def _starlette_template(scope: Scope, route: Any, status: int | None) -> str | None:
-    if status == 405:
-        methods = getattr(route, "methods", None)
-        if methods and scope.get("method") not in methods:
-            return None  # the router's 405, not the endpoint's: shares the unmatched label
-    router = scope.get("router")
-    entries = _index_for(router, route) if router is not None else None
-    if not entries:
-        path_format = getattr(route, "path_format", None)
-        if not isinstance(path_format, str):
-            _report_once(
-                "shape", f"unrecognised route object {type(route).__name__}; labelled as unmatched"
-            )
-            return None
-        _report_once(
-            "index", f"route {path_format!r} not found under the router; its mount prefix is lost"
+def _lookup(index: _RouterIndex, scope: Scope) -> list[_Entry] | None:
+    route = scope.get("route")
+    endpoint = scope.get("endpoint")
+    if route is not None:
+        # A Mount left in the scope by an outer router, while an inner FastAPI router
+        # matched a plain route: the endpoint is the more specific of the two.
+        stale = (
+            endpoint is not None
+            and getattr(route, "routes", None) is not None
+            and getattr(route, "app", None) is not endpoint
         )
-        return path_format
+        if not stale:
+            return index.by_route.get(id(route))
+    return index.by_endpoint.get(id(endpoint)) if endpoint is not None else None
+
+
+def _starlette_template(scope: Scope, router: Any, status: int | None) -> str | None:
+    index = _index_for(router)
+    entries = _lookup(index, scope)
+    if entries is None:
+        index = _index_for(router, stale=True)
+        entries = _lookup(index, scope)
+    if not entries:
+        return _recover_prefix(index, scope)
     entry = entries[0]
     if len(entries) > 1:  # the same routes mounted twice (e.g. /v1 and /v2): pick by root_path
-        mounted = scope.get("root_path", "")[len(scope.get("app_root_path", "")) :]
-        for candidate in entries:
-            if _prefix_matches(candidate.mounted, mounted):
-                entry = candidate
-                break
-    if entry.opaque:
+        mounted = _mounted_part(scope)
+        entry = next((e for e in entries if e.mounted_regex.match(mounted)), entry)
+    if entry.kind == "mount":
+        return None  # a router was entered but nothing inside matched: the router's 404
+    if status == 405:
+        methods = getattr(entry.route, "methods", None)
+        if methods and scope.get("method") not in methods:
+            return None  # the router's 405, not the endpoint's: shares the unmatched label
+    if entry.kind == "opaque":
         sub = scope.get(SUBROUTE_SCOPE_KEY)
         return entry.template + (sub if isinstance(sub, str) else "/{path}")
     return entry.template
+
+
+def _recover_prefix(index: _RouterIndex, scope: Scope) -> str | None:
+    """A route of a router hidden from the index (a sub-app wrapped in middleware).
+
+    Its template is its own path format behind the deepest opaque mount whose prefix
+    matches the root_path it was routed with.
+    """
+    route = scope.get("route")
+    path_format = getattr(route, "path_format", None)
+    if not isinstance(path_format, str):
+        if route is not None:
+            _report_once(
+                "shape", f"unrecognised route object {type(route).__name__}; labelled as unmatched"
+            )
+        return None
+    mounted = _mounted_part(scope)
+    key = (id(route), mounted)
+    found = index.recovered.get(key, _NOT_FOUND)
+    if found is not _NOT_FOUND:
+        return found  # type: ignore[return-value]
+    template: str | None = path_format
+    for entry in index.opaque:
+        if entry.mounted_regex.match(mounted):
+            template = entry.template + path_format
+            break
+    else:
+        _report_once(
+            "index", f"route {path_format!r} is not under the router; its mount prefix is unknown"
+        )
+    if len(index.recovered) >= 1024:  # root_path holds path parameters: keep it bounded
+        index.recovered.clear()
+    index.recovered[key] = template
+    return template

@@ -9,6 +9,7 @@ import pytest
 from fastapi import APIRouter, FastAPI
 from litestar import Litestar, get
 from litestar.params import FromPath
+from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
@@ -232,3 +233,66 @@ def test_label_cap_bounds_distinct_values(caplog: pytest.LogCaptureFixture) -> N
 )
 def test_methods_outside_the_standard_set_fold(method: object, expected: str) -> None:
     assert normalize_method(method) == expected
+
+
+async def test_fastapi_plain_routes_and_mounts_are_found_by_endpoint() -> None:
+    """FastAPI >= 0.16x sets scope["route"] only for APIRoutes; the rest have an endpoint."""
+    from asgi_observe.health import HealthApp
+
+    api = FastAPI()
+
+    async def plain(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("plain")
+
+    api.add_route("/plain/{n}", plain)
+    api.mount("/health", HealthApp({}, registry=CollectorRegistry()))
+    api.mount("/files", raw_endpoint)
+    seen = await templates_of(
+        api,
+        [
+            ("GET", "/plain/7"),
+            ("GET", "/health/ready"),
+            ("GET", "/health/live"),
+            ("GET", "/files/a/b.txt"),
+            ("GET", "/docs"),
+            ("GET", "/nowhere"),
+        ],
+    )
+    assert seen == ["/plain/{n}", "/health/ready", "/health/live", "/files/{path}", "/docs", None]
+
+
+async def test_a_fastapi_app_mounted_in_starlette_overrides_the_outer_mount() -> None:
+    sub = FastAPI()
+
+    async def plain(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("plain")
+
+    sub.add_route("/things/{tid}", plain)
+
+    @sub.get("/api-things/{tid}")
+    async def api_thing(tid: int) -> dict[str, int]:
+        return {"tid": tid}
+
+    app = Starlette(routes=[Mount("/v1", app=sub)])
+    seen = await templates_of(app, [("GET", "/v1/things/3"), ("GET", "/v1/api-things/4")])
+    assert seen == ["/v1/things/{tid}", "/v1/api-things/{tid}"]
+
+
+async def test_a_sub_app_wrapped_in_middleware_keeps_its_mount_prefix() -> None:
+    from starlette.middleware.cors import CORSMiddleware
+
+    from asgi_observe import routes
+
+    inner = Starlette(routes=[Route("/things/{tid}", ok)])
+    app = Starlette(routes=[Mount("/sub/{org}", app=CORSMiddleware(inner, allow_origins=["*"]))])
+    builds_before = len(routes._indexes)
+    seen = await templates_of(app, [("GET", f"/sub/acme/things/{n}") for n in range(20)])
+    assert seen == ["/sub/{org}/things/{tid}"] * 20
+    index = routes._indexes[id(app.router)]
+    assert index.size == len(app.router.routes)
+    assert len(routes._indexes) <= builds_before + 1  # built once, not per request
+
+
+async def test_nothing_matched_inside_a_mounted_router_is_unmatched() -> None:
+    app = Starlette(routes=[Mount("/api", routes=[Route("/items/{i}", ok)])])
+    assert await templates_of(app, [("GET", "/api/missing")]) == [None]
