@@ -11,20 +11,31 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from asgi_observe.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["Hook", "LifespanHooks"]
+__all__ = ["Hook", "LifespanHooks", "StartupAbortedError"]
 
 logger = logging.getLogger("asgi_observe")
 
 Hook = Callable[[], Awaitable[None]]
 
 
+class StartupAbortedError(Exception):
+    """Raised by a start-up hook whose failure must stop the app (a configuration error).
+
+    Any other exception from a hook is reported and the app serves on: observability
+    failing must not take the service down, but a misconfiguration must not pass silently.
+    """
+
+
 class LifespanHooks:
     """Run `startup` hooks before the app's start-up and `shutdown` hooks after its shutdown.
 
-    An app without lifespan support (it raises or returns on a lifespan scope without
-    answering) gets the protocol completed on its behalf, as uvicorn's ``lifespan=auto``
-    would, so the hooks still run. A hook that fails is reported and does not stop the app:
-    observability must never take the service down.
+    The server's ``lifespan.startup`` message is taken first, the hooks run, and the
+    message is then handed to the app. A hook raising `StartupAbortedError` answers
+    ``lifespan.startup.failed`` with its message and the app is not started. An app
+    without lifespan support (it raises or returns without answering) gets the protocol
+    completed on its behalf, as uvicorn's ``lifespan=auto`` would, so the hooks still run.
+    Shutdown hooks also run when the app's own start-up fails, so anything the start-up
+    hooks opened is closed again.
     """
 
     def __init__(
@@ -38,45 +49,57 @@ class LifespanHooks:
         if scope["type"] != "lifespan":
             await self.app(scope, receive, send)
             return
-        state = {"started": False, "answered": False, "shutdown": False}
+        first = await receive()
+        if first["type"] == "lifespan.startup":
+            failure = await _run(self._startup, "start-up")
+            if failure is not None:
+                await _run(self._shutdown, "shutdown")
+                await send({"type": "lifespan.startup.failed", "message": failure})
+                return
+        pending: list[Message] = [first]
+        answered = False
+        shut_down = False
 
-        async def receive_running_hooks() -> Message:
-            message = await receive()
-            if message["type"] == "lifespan.startup" and not state["started"]:
-                state["started"] = True
-                await _run(self._startup, "start-up")
-            return message
+        async def receive_after_hooks() -> Message:
+            return pending.pop() if pending else await receive()
 
         async def send_running_hooks(message: Message) -> None:
+            nonlocal answered, shut_down
             kind = message["type"]
             if kind.startswith("lifespan.startup."):
-                state["answered"] = True
-            elif kind.startswith("lifespan.shutdown.") and not state["shutdown"]:
-                state["shutdown"] = True
+                answered = True
+            if (
+                kind.startswith("lifespan.shutdown.") or kind == "lifespan.startup.failed"
+            ) and not shut_down:
+                shut_down = True
                 await _run(self._shutdown, "shutdown")
             await send(message)
 
         try:
-            await self.app(scope, receive_running_hooks, send_running_hooks)
+            await self.app(scope, receive_after_hooks, send_running_hooks)
         except BaseException:
-            if state["answered"]:
+            if answered:
                 raise
             logger.debug(
                 "asgi_observe: the app does not support lifespan; completing it", exc_info=True
             )
-        if state["answered"] and state["shutdown"]:
-            return
-        if state["answered"]:
-            return  # the app answered start-up and returned; the server decides what follows
-        await self._complete_for_app(receive, send, started=state["started"])
+        if answered:
+            return  # the app ran the protocol; the server decides what follows
+        pending.clear()  # a start-up message the app never took is answered below
+        await self._complete_for_app(
+            receive_after_hooks, send, started=first["type"] == "lifespan.startup"
+        )
 
     async def _complete_for_app(self, receive: Receive, send: Send, *, started: bool) -> None:
         if started:
             await send({"type": "lifespan.startup.complete"})
         while True:
             message = await receive()
-            if message["type"] == "lifespan.startup":
-                await _run(self._startup, "start-up")
+            if message["type"] == "lifespan.startup":  # the first message was not start-up
+                failure = await _run(self._startup, "start-up")
+                if failure is not None:
+                    await send({"type": "lifespan.startup.failed", "message": failure})
+                    return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await _run(self._shutdown, "shutdown")
@@ -84,9 +107,14 @@ class LifespanHooks:
                 return
 
 
-async def _run(hooks: Sequence[Hook], phase: str) -> None:
+async def _run(hooks: Sequence[Hook], phase: str) -> str | None:
+    """Run `hooks` in order; return the message of a `StartupAbortedError`, if any."""
     for hook in hooks:
         try:
             await hook()
+        except StartupAbortedError as exc:
+            logger.error("asgi_observe: %s", exc)  # noqa: TRY400 - the message is the whole story
+            return str(exc)
         except Exception:
             logger.exception("asgi_observe: a %s hook failed; the app keeps serving", phase)
+    return None

@@ -9,13 +9,14 @@ responses the stack itself generates.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Mapping
 from typing import Any
 
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import REGISTRY, CollectorRegistry
 
-from asgi_observe._lifespan import Hook, LifespanHooks
+from asgi_observe._lifespan import Hook, LifespanHooks, StartupAbortedError
 from asgi_observe.access_log import AccessLogMiddleware
 from asgi_observe.metrics.exposition import metrics_app
 from asgi_observe.metrics.http import MetricsMiddleware
@@ -35,6 +36,8 @@ __all__ = [
     "PathDispatch",
     "instrument",
 ]
+
+logger = logging.getLogger("asgi_observe")
 
 METRICS_PATH = "/metrics"
 LEGACY_METRICS_PATH = "/metrics/legacy"
@@ -118,6 +121,28 @@ class ObservedApp:
         await self.stack(scope, receive, send)
 
 
+def _starting_listener(server: InternalMetricsServer, *, shared: bool) -> Hook:
+    """Start the internal metrics listener; a port that cannot be bound stops start-up.
+
+    With ``PROMETHEUS_MULTIPROC_DIR`` every worker serves the same aggregated view, so
+    the first worker to bind the port serves it and the others carry on without it.
+    """
+
+    async def start_internal_metrics() -> None:
+        try:
+            await server.start()
+        except OSError as exc:
+            if shared:
+                logger.info(
+                    "asgi_observe: another worker serves the internal metrics port (%s)", exc
+                )
+                return
+            msg = f"METRICS_INTERNAL_PORT: the internal metrics listener cannot start: {exc}"
+            raise StartupAbortedError(msg) from exc
+
+    return start_internal_metrics
+
+
 def _metrics_routes(settings: Settings, registry: CollectorRegistry) -> dict[str, ASGIApp]:
     """``/metrics`` and ``/metrics/legacy``, behind the configured guards."""
     options: dict[str, Any] = {
@@ -177,7 +202,9 @@ def instrument(
             internal = InternalMetricsServer(
                 routes, host=settings.metrics_internal_host, port=settings.metrics_internal_port
             )
-            startup.append(internal.start)
+            startup.append(
+                _starting_listener(internal, shared=settings.prometheus_multiproc_dir is not None)
+            )
             shutdown.append(internal.stop)
 
     own_provider = tracer_provider is None

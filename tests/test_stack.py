@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import socket
 import urllib.error
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -15,7 +17,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from asgi_observe import Settings, instrument
-from asgi_observe._lifespan import LifespanHooks
+from asgi_observe._lifespan import LifespanHooks, StartupAbortedError
 from asgi_observe.types import Message, Receive, Scope, Send
 from tests.metrics.helpers import value
 
@@ -211,3 +213,101 @@ async def test_metrics_token_guards_the_public_endpoint(registry: CollectorRegis
             await http.get("/metrics", headers={"authorization": f"Bearer {token}"})
         ).status_code == 200
         assert (await http.get("/metrics/legacy")).status_code == 401
+
+
+def _taken_port() -> tuple[socket.socket, int]:
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(1)
+    port: int = holder.getsockname()[1]
+    return holder, port
+
+
+async def test_an_internal_port_that_cannot_be_bound_stops_start_up(
+    registry: CollectorRegistry,
+) -> None:
+    holder, port = _taken_port()
+    try:
+        app = instrument(starlette_app(), Settings(metrics_internal_port=port), registry=registry)
+        incoming = iter([{"type": "lifespan.startup"}])
+        sent: list[Message] = []
+
+        async def receive() -> Message:
+            return next(incoming)
+
+        async def send(message: Message) -> None:
+            sent.append(message)
+
+        await app({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send)
+    finally:
+        holder.close()
+    assert [m["type"] for m in sent] == ["lifespan.startup.failed"]
+    assert "METRICS_INTERNAL_PORT" in sent[0]["message"]
+    assert str(port) in sent[0]["message"]
+
+
+async def test_with_multiprocess_a_taken_internal_port_is_left_to_the_worker_serving_it(
+    registry: CollectorRegistry, tmp_path: Path
+) -> None:
+    holder, port = _taken_port()
+    try:
+        settings = Settings(metrics_internal_port=port, prometheus_multiproc_dir=str(tmp_path))
+        sent = await run_lifespan(instrument(raw_app, settings, registry=registry))
+    finally:
+        holder.close()
+    assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+
+
+async def test_an_aborting_hook_closes_what_earlier_hooks_opened() -> None:
+    events: list[str] = []
+
+    async def opens() -> None:
+        events.append("opened")
+
+    async def aborts() -> None:
+        raise StartupAbortedError("METRICS_INTERNAL_PORT: taken")
+
+    async def closes() -> None:
+        events.append("closed")
+
+    hooks = LifespanHooks(raw_app, startup=[opens, aborts], shutdown=[closes])
+    incoming = iter([{"type": "lifespan.startup"}])
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return next(incoming)
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await hooks({"type": "lifespan"}, receive, send)
+    assert events == ["opened", "closed"]
+    assert sent == [{"type": "lifespan.startup.failed", "message": "METRICS_INTERNAL_PORT: taken"}]
+
+
+async def test_shutdown_hooks_run_when_the_app_start_up_fails() -> None:
+    events: list[str] = []
+
+    async def closes() -> None:
+        events.append("closed")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        failure = RuntimeError("migration failed")
+        if failure:
+            raise failure
+        yield  # pragma: no cover
+
+    incoming = iter([{"type": "lifespan.startup"}])
+
+    async def receive() -> Message:
+        return next(incoming)
+
+    async def send(message: Message) -> None:
+        return None
+
+    with pytest.raises(RuntimeError, match="migration"):
+        await LifespanHooks(Starlette(lifespan=lifespan), shutdown=[closes])(
+            {"type": "lifespan"}, receive, send
+        )
+    assert events == ["closed"]
