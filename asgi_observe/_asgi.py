@@ -11,7 +11,14 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from asgi_observe.types import ASGIApp, Receive, Scope, Send
 
-__all__ = ["Rendered", "complete_lifespan", "header_value", "read_only_endpoint", "respond"]
+__all__ = [
+    "Rendered",
+    "complete_lifespan",
+    "header_value",
+    "read_only_endpoint",
+    "relative_path",
+    "respond",
+]
 
 Rendered = tuple[int, bytes, str, Sequence[tuple[bytes, bytes]]]
 """What a read-only endpoint renders: status, body, content type, extra headers."""
@@ -22,6 +29,15 @@ _METHOD_NOT_ALLOWED: Rendered = (
     "text/plain; charset=utf-8",
     ((b"allow", b"GET, HEAD"),),
 )
+
+
+def relative_path(scope: Scope) -> str:
+    """The path below ``root_path`` (Starlette 1.x and uvicorn keep the prefix in ``path``)."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root):
+        return path[len(root) :] or "/"
+    return path
 
 
 def header_value(scope: Scope, name: bytes) -> str:

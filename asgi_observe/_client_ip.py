@@ -3,8 +3,10 @@
 `X-Forwarded-For` is client-controlled text: anything left of the address our own
 trusted proxy appended may be forged. So the chain is walked from the right, skipping
 hops that are themselves trusted proxies, and the first untrusted hop is the client. The
-header is believed only when the socket peer is a trusted proxy. Shared by the access
-log and the metrics access guard, so both agree on who the client is.
+header is believed only when the socket peer is a trusted proxy. The access log uses
+`client_ip`; the metrics guard (`asgi_observe.security`) shares `parse_address` and
+`in_networks` but refuses a caller behind a garbage hop instead of naming the last hop
+it could verify, since an allow-list must fail closed.
 """
 
 from __future__ import annotations

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import traceback
-import urllib.parse
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -76,17 +75,13 @@ def redact_text(value: str) -> str:
 
 
 def redact_query(query: str) -> str:
-    """Redact a raw query string, seeing through percent-encoding.
-
-    ``email=bob%40example.com`` hides the ``@`` the e-mail pattern looks for, so an
-    encoded query is also checked decoded; when that reveals something, the redacted
-    decoded form is kept, otherwise the query stays exactly as it was sent.
-    """
-    if "%" not in query:
-        return redact_text(query)
-    decoded = urllib.parse.unquote(query, errors="replace")
-    redacted = redact_text(decoded)
-    return redacted if redacted != decoded else redact_text(query)
+    """`asgi_observe.pii.redact_query` for a span's ``url.query``: the same text as the
+    access log's ``path`` shows; a failing redactor hides the query."""
+    try:
+        return pii.redact_query(query)
+    except Exception:
+        report_once("redact", "asgi_observe: redacting a span attribute failed; value hidden")
+        return _REDACTION_FAILED
 
 
 def clean_attribute(key: str, value: object) -> types.AttributeValue | None:

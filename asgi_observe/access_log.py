@@ -1,8 +1,9 @@
 """The access log: one structured, PII-safe event per HTTP request.
 
-This module owns `AccessLogMiddleware`. The event is written when the response has
-completed (or the app raised), with the fields of the public contract: ``method``,
-``path`` (sensitive query values and personal data redacted), ``route`` (the template,
+This module owns `AccessLogMiddleware`. The event is written as the response completes
+(its last body message is sent) or when the app raises before that, with the fields of the public contract: ``method``,
+``path`` (sensitive query values and personal data redacted by
+`asgi_observe.pii.redact_query`, as in the span's ``url.query``), ``route`` (the template,
 from `asgi_observe.routes.resolve_route`), ``status``, ``duration_ms``, ``client_ip``
 (``X-Forwarded-For`` believed only from trusted proxies), ``user_agent``,
 ``response_size``, ``request_id``, ``trace_id`` and ``span_id``. Everything taken from
@@ -19,13 +20,13 @@ import time
 from collections.abc import Collection
 from time import perf_counter
 from typing import Any
-from urllib.parse import quote, unquote_plus
 
 from opentelemetry.trace import get_current_span
 
+from asgi_observe import pii as _pii
 from asgi_observe._client_ip import client_ip
 from asgi_observe.logging import _write_event, get_logger
-from asgi_observe.pii import REDACTED, is_sensitive_key, redact_text
+from asgi_observe.pii import is_sensitive_key, redact_query, redact_text
 from asgi_observe.request_id import SCOPE_KEY as REQUEST_ID_KEY
 from asgi_observe.request_id import get_request_id
 from asgi_observe.routes import RouteResolver, resolve_route
@@ -43,20 +44,8 @@ internal_logger = logging.getLogger("asgi_observe")
 
 DEFAULT_EXCLUDE_PATHS: tuple[str, ...] = ("/metrics", "/health/live", "/health/ready")
 
-DEFAULT_SENSITIVE_QUERY_PARAMS: tuple[str, ...] = (
-    "code",
-    "key",
-    "sig",
-    "signature",
-    "x-amz-signature",
-    "x-amz-credential",
-    "x-amz-security-token",
-    "x-goog-signature",
-    "x-goog-credential",
-)
-"""Query parameters redacted on top of the sensitive-key rule of `asgi_observe.pii`
-(which already covers ``token``, ``access_token``, ``api_key``, ``password``, ...):
-OAuth authorization codes, API keys and signed-URL signatures."""
+DEFAULT_SENSITIVE_QUERY_PARAMS = _pii.DEFAULT_SENSITIVE_QUERY_PARAMS
+"""An alias of `asgi_observe.pii.DEFAULT_SENSITIVE_QUERY_PARAMS`, kept importable here."""
 
 FIELD_NAMES: tuple[str, ...] = (
     "method",
@@ -80,7 +69,6 @@ _PLAIN_KEYS = not any(is_sensitive_key(key) for key in FIELD_NAMES)
 
 MAX_PATH = 2048
 MAX_USER_AGENT = 512
-MAX_QUERY_PARAMS = 64
 EVENT = "request"
 LOGGER_NAME = "asgi_observe.access"
 
@@ -115,26 +103,20 @@ def _method(method: Any) -> str:
     return escape_control(str(method or ""), 32)
 
 
-def _decode(part: str) -> str:
-    return unquote_plus(part) if ("%" in part or "+" in part) else part
-
-
-def _redacted_part(raw: str, decoded: str | None = None) -> str:
-    """A query name or value as sent, unless its decoded form holds something to redact
-    (``%40`` is an ``@`` too): then the redacted text, percent-encoded again."""
-    if decoded is None:
-        decoded = _decode(raw)
-    redacted = redact_text(decoded)
-    return raw if redacted == decoded else quote(redacted, safe="[]_")
-
-
 class AccessLogMiddleware:
     """One structured event per HTTP request, written when the response completes.
 
-    The level follows the status: ``error`` for 5xx (including an app exception, logged
+    ``duration_ms`` ends when the final body message (``more_body`` false) is sent, and
+    the line is written then, before that message is passed on: work the app does
+    afterwards (Starlette's ``BackgroundTask``) neither inflates the duration nor delays
+    the line, and an exception it raises is not logged a second time. An app that raises
+    before completing its response gets its line when it raises; so does a 5xx
+    response, whose line waits for the app to return so that it carries the exception
+    Starlette's ``ServerErrorMiddleware`` re-raises after sending its 500. The level follows the status: ``error`` for 5xx (including an app exception, logged
     as status 500 with an ``error`` field before it is re-raised unchanged), ``warning``
-    for 4xx, ``info`` otherwise. Paths in `exclude_paths` (exact match) and non-HTTP
-    scopes pass through without an event. A failure while building or writing the
+    for 4xx, ``info`` otherwise. Paths in `exclude_paths` (exact match, relative to
+    ``root_path`` when the path starts with it) and non-HTTP scopes pass through
+    without an event. A failure while building or writing the
     event is reported on the ``asgi_observe`` logger and never reaches the request.
 
     With the default logger, while `configure_logging`'s production setup is in force,
@@ -147,11 +129,13 @@ class AccessLogMiddleware:
         app: the ASGI app to wrap.
         logger: a structlog-style logger (``info``/``warning``/``error`` taking keyword
             fields); ``get_logger("asgi_observe.access")`` by default.
-        exclude_paths: paths that are not logged (probes and scrapes by default).
+        exclude_paths: paths that are not logged (probes and scrapes by default), as
+            seen by the app: without the ``root_path`` it is mounted under.
         trusted_proxies: networks whose ``X-Forwarded-For`` is believed for ``client_ip``.
         route_resolver: a hook giving the route template, tried before the built-in one.
         sensitive_query_params: query parameter names whose values are replaced by
-            ``[REDACTED]``, on top of `asgi_observe.pii.SENSITIVE_KEYS`.
+            ``[REDACTED]``, on top of `asgi_observe.pii.SENSITIVE_KEYS` (see
+            `asgi_observe.pii.redact_query`).
         event: the event name of the access-log line.
     """
 
@@ -183,31 +167,63 @@ class AccessLogMiddleware:
         self._next_report = 0.0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self._exclude:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        # Excluded paths are compared relative to the mount point: behind
+        # ``--root-path /api`` (or inside a Mount) ``path`` is ``/api/health/live``.
+        path = scope["path"]
+        root = scope.get("root_path")
+        if root and path.startswith(root):
+            path = path[len(root) :] or "/"
+        if path in self._exclude:
             await self.app(scope, receive, send)
             return
 
         start = perf_counter()
         status = 500  # what the server answers when the app raises before responding
         size = 0
-        error: BaseException | None = None
+        elapsed: float | None = None  # set when the response completes
+        logged = False
 
         async def send_measuring_response(message: Message) -> None:
-            nonlocal status, size
+            nonlocal status, size, elapsed, logged
             kind = message["type"]
             if kind == "http.response.body":
                 size += len(message.get("body", b""))
+                if not message.get("more_body", False) and elapsed is None:
+                    elapsed = perf_counter() - start
+                    if status < 500:
+                        # Written now, before the last byte leaves: background tasks run
+                        # after it count neither in the duration nor in when the line
+                        # appears, and a client that has read its response finds it.
+                        logged = True
+                        self._emit(scope, status, size, elapsed, None)
             elif kind == "http.response.start":
                 status = message["status"]
+            elif kind == "http.response.pathsend" and elapsed is None:  # a file, sent whole
+                elapsed = perf_counter() - start
+                if status < 500:
+                    logged = True
+                    self._emit(scope, status, size, elapsed, None)
             await send(message)
 
+        error: BaseException | None = None
         try:
             await self.app(scope, receive, send_measuring_response)
         except BaseException as exc:
             error = exc
             raise
         finally:
-            self._emit(scope, status, size, perf_counter() - start, error)
+            # Written here when the app raised (or returned) before completing its
+            # response, and for a 5xx: Starlette's ServerErrorMiddleware sends its 500
+            # and then re-raises, and the line is to carry that exception. An exception
+            # after a completed non-5xx response (a failing background task) propagates
+            # without a second line.
+            if not logged:
+                if elapsed is None:
+                    elapsed = perf_counter() - start
+                self._emit(scope, status, size, elapsed, error)
 
     def _emit(
         self, scope: Scope, status: int, size: int, elapsed: float, error: BaseException | None
@@ -268,34 +284,15 @@ class AccessLogMiddleware:
         if raw_query:
             query = self._queries.get(raw_query)
             if query is None:
-                query = self._query(raw_query.decode("latin-1"))
+                query = redact_query(
+                    raw_query.decode("latin-1"), sensitive_params=self._sensitive_params
+                )
                 if len(raw_query) <= 256:  # repeated queries (pagination, filters) are common
                     if len(self._queries) >= 1024:
                         self._queries.clear()
                     self._queries[raw_query] = query
             path = f"{path}?{query}"
         return escape_control(path, MAX_PATH)
-
-    def _query(self, query: str) -> str:
-        if len(query) > MAX_PATH:
-            query = query[:MAX_PATH]
-        pairs = query.split("&", MAX_QUERY_PARAMS)
-        rest = pairs.pop() if len(pairs) > MAX_QUERY_PARAMS else None
-        out: list[str] = []
-        for pair in pairs:
-            name, sep, value = pair.partition("=")
-            decoded_name = _decode(name)
-            if sep:
-                normalized = decoded_name.lower().replace("-", "_")
-                if normalized in self._sensitive_params or is_sensitive_key(normalized):
-                    out.append(f"{_redacted_part(name, decoded_name)}={REDACTED}")
-                    continue
-                out.append(f"{_redacted_part(name, decoded_name)}={_redacted_part(value)}")
-            else:
-                out.append(_redacted_part(name, decoded_name))
-        if rest is not None:
-            out.append("...")
-        return "&".join(out)
 
     def _report_failure(self) -> None:
         now = time.monotonic()

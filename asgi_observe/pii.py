@@ -17,13 +17,17 @@ from __future__ import annotations
 import datetime
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any, overload
+from urllib.parse import quote, unquote_plus
 
 from structlog.typing import EventDict, WrappedLogger
 
 __all__ = [
+    "DEFAULT_SENSITIVE_QUERY_PARAMS",
     "MAX_DEPTH",
+    "MAX_QUERY_LENGTH",
+    "MAX_QUERY_PARAMS",
     "PII_PATTERNS",
     "REDACTED",
     "SENSITIVE_KEYS",
@@ -32,6 +36,7 @@ __all__ = [
     "is_sensitive_key",
     "luhn_valid",
     "redact",
+    "redact_query",
     "redact_text",
 ]
 
@@ -66,6 +71,30 @@ one of these, so ``Set-Cookie``, ``X-API-Key``, ``db_password``, ``access_token`
 ``sessionId`` and ``http.request.header.authorization`` are caught while ``tokens_used``,
 ``token_type`` and ``session_count`` are not.
 """
+
+DEFAULT_SENSITIVE_QUERY_PARAMS: tuple[str, ...] = (
+    # OpenTelemetry's semantic conventions (url.query): signed-URL credentials
+    "AWSAccessKeyId",
+    "Signature",
+    "sig",
+    "X-Goog-Signature",
+    # OAuth authorization codes, API keys, and the other signed-URL parts
+    "code",
+    "key",
+    "X-Amz-Signature",
+    "X-Amz-Credential",
+    "X-Amz-Security-Token",
+    "X-Goog-Credential",
+)
+"""Query parameters whose values `redact_query` replaces, on top of the sensitive-key
+rule (which already covers ``token``, ``access_token``, ``api_key``, ``password``, ...).
+Compared like keys: case-insensitively, with ``-`` and ``_`` equivalent."""
+
+MAX_QUERY_LENGTH = 2048
+"""`redact_query` looks at this many characters of a query at most (the rest is cut)."""
+
+MAX_QUERY_PARAMS = 64
+"""`redact_query` keeps this many parameters at most; more are replaced by ``...``."""
 
 Replacement = str | Callable[["re.Match[str]"], str]
 """A replacement as `re.sub` accepts it: a template string or a function of the match."""
@@ -134,6 +163,30 @@ _NUMBERS = re.compile(
 )
 
 
+_DIGIT_GROUP = re.compile(r"\d+", _A)
+
+
+def _card(text: str) -> str:
+    """A card-shaped run whose digits fail the Luhn check as a whole may still hold a
+    card with a digit group of other text beside it (``4111 1111 1111 1111 0``): the
+    longest Luhn-valid run of whole groups, leftmost first, is redacted, then the rest."""
+    groups = [(found.start(), found.end()) for found in _DIGIT_GROUP.finditer(text)]
+    for first, (begin, _) in enumerate(groups):
+        if text[begin] not in "23456":
+            continue
+        count = 0
+        best = None
+        for last in range(first, len(groups)):
+            count += groups[last][1] - groups[last][0]
+            if count > 19:
+                break
+            if count >= 13 and luhn_valid(_only_digits(text[begin : groups[last][1]])):
+                best = groups[last][1]
+        if best is not None:
+            return f"{text[:begin]}[REDACTED_CC]{_card(text[best:])}"
+    return text
+
+
 def _number(match: re.Match[str]) -> str:
     kind = match.lastgroup
     text = match.group()
@@ -141,7 +194,7 @@ def _number(match: re.Match[str]) -> str:
         return "[REDACTED_SSN]"
     digits = _only_digits(text)
     if kind == "card":
-        return "[REDACTED_CC]" if luhn_valid(digits) else text
+        return "[REDACTED_CC]" if luhn_valid(digits) else _card(text)
     if kind == "nanp":
         return "[REDACTED_PHONE]"
     low = 9 if kind == "national" else 8
@@ -273,6 +326,76 @@ def is_sensitive_key(key: object) -> bool:
     if len(_key_cache) < _KEY_CACHE_LIMIT:  # keys can come from user data: keep the cache bounded
         _key_cache[key] = sensitive
     return sensitive
+
+
+def _normalize_param(name: str) -> str:
+    return name.lower().replace("-", "_")
+
+
+_DEFAULT_PARAMS = frozenset(_normalize_param(name) for name in DEFAULT_SENSITIVE_QUERY_PARAMS)
+_params_cache: dict[Collection[str], frozenset[str]] = {}
+
+
+def _sensitive_params(names: Collection[str]) -> frozenset[str]:
+    """`names` normalized once: the default and any hashable collection are memoised."""
+    if names is DEFAULT_SENSITIVE_QUERY_PARAMS:
+        return _DEFAULT_PARAMS
+    try:
+        cached = _params_cache.get(names)
+    except TypeError:  # an unhashable collection (a list): normalized every time
+        return frozenset(_normalize_param(name) for name in names)
+    if cached is None:
+        cached = frozenset(_normalize_param(name) for name in names)
+        if len(_params_cache) < 64:
+            _params_cache[names] = cached
+    return cached
+
+
+def _decode(part: str) -> str:
+    return unquote_plus(part) if ("%" in part or "+" in part) else part
+
+
+def _redacted_part(raw: str, decoded: str) -> str:
+    """A query name or value as sent, unless its decoded form holds something to redact
+    (``%40`` is an ``@`` too): then the redacted text, percent-encoded again."""
+    redacted = redact_text(decoded)
+    return raw if redacted == decoded else quote(redacted, safe="[]_")
+
+
+def redact_query(
+    query: str, *, sensitive_params: Collection[str] = DEFAULT_SENSITIVE_QUERY_PARAMS
+) -> str:
+    """A raw URL query string with its secrets and personal data redacted.
+
+    The one implementation behind the access log's ``path`` and the span's ``url.query``,
+    so both write the same text for the same request. The value of a parameter named in
+    `sensitive_params` or matching the sensitive-key rule (`is_sensitive_key`) becomes
+    `REDACTED`; every other name and value is checked percent-decoded
+    (``email=bob%40example.com`` hides the ``@``) and, when that reveals something,
+    replaced by its redacted form, percent-encoded again; untouched parts stay exactly as
+    sent. A last pass over the whole result catches what only shows across a name and its
+    value (``pwd=hunter2``). Untrusted input is bounded: the first `MAX_QUERY_LENGTH`
+    characters and `MAX_QUERY_PARAMS` parameters are kept, further ones become ``...``.
+    """
+    sensitive = _sensitive_params(sensitive_params)
+    if len(query) > MAX_QUERY_LENGTH:
+        query = query[:MAX_QUERY_LENGTH]
+    pairs = query.split("&", MAX_QUERY_PARAMS)
+    rest = pairs.pop() if len(pairs) > MAX_QUERY_PARAMS else None
+    out: list[str] = []
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        decoded_name = _decode(name)
+        safe_name = _redacted_part(name, decoded_name)
+        if not sep:
+            out.append(safe_name)
+        elif _normalize_param(decoded_name) in sensitive or is_sensitive_key(decoded_name):
+            out.append(f"{safe_name}={REDACTED}")
+        else:
+            out.append(f"{safe_name}={_redacted_part(value, _decode(value))}")
+    if rest is not None:
+        out.append("...")
+    return redact_text("&".join(out))
 
 
 _PASSTHROUGH_KEYS = frozenset({"_record", "_from_structlog"})  # ProcessorFormatter internals

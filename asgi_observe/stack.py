@@ -16,6 +16,7 @@ from typing import Any
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import REGISTRY, CollectorRegistry
 
+from asgi_observe._asgi import relative_path
 from asgi_observe._lifespan import Hook, LifespanHooks, StartupAbortedError
 from asgi_observe.access_log import AccessLogMiddleware
 from asgi_observe.metrics.exposition import metrics_app
@@ -44,15 +45,6 @@ LEGACY_METRICS_PATH = "/metrics/legacy"
 HEALTH_PATH = "/health"
 
 
-def _route_path(scope: Scope) -> str:
-    """The path relative to ``root_path`` (Starlette 1.x and uvicorn keep it in ``path``)."""
-    path: str = scope["path"]
-    root: str = scope.get("root_path", "")
-    if root and path.startswith(root):
-        return path[len(root) :] or "/"
-    return path
-
-
 class PathDispatch:
     """Serve the stack's own endpoints in front of the app; everything else goes to the app.
 
@@ -70,7 +62,7 @@ class PathDispatch:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            path = _route_path(scope)
+            path = relative_path(scope)
             endpoint = self._endpoints.get(path)
             if endpoint is not None:
                 scope[ROUTE_SCOPE_KEY] = path

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import os
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -331,24 +332,34 @@ def build_health(
     )
 
 
+SERVICE_NAME = "baliblissed-backend"
+
+
+def ai_failure_from_env(environ: Mapping[str, str] | None = None) -> bool:
+    """The example's own switch, ``BALIBLISSED_AI_FAILURE=true``: every AI call fails."""
+    value = (os.environ if environ is None else environ).get("BALIBLISSED_AI_FAILURE", "")
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
 def create_app(
-    settings: Settings | None = None, *, registry: CollectorRegistry | None = None
+    settings: Settings | None = None,
+    *,
+    registry: CollectorRegistry | None = None,
+    ai_failure: bool | None = None,
 ) -> ASGIApp:
     """The uvicorn factory: configuration comes from the environment."""
     settings = Settings.from_env() if settings is None else settings
+    if settings.service_name == Settings().service_name:
+        # The seed's default service name, unless OTEL_SERVICE_NAME says otherwise.
+        settings = dataclasses.replace(settings, service_name=SERVICE_NAME)
     registry = REGISTRY if registry is None else registry
+    ai_failure = ai_failure_from_env() if ai_failure is None else ai_failure
     configure_logging(settings)
     redis_client = None
     if settings.redis_url:
         import redis.asyncio
 
         redis_client = redis.asyncio.from_url(settings.redis_url)
-    ai_failure = os.environ.get("BALIBLISSED_AI_FAILURE", "").strip().lower() in (
-        "1",
-        "true",
-        "yes",
-        "on",
-    )
     engine = create_async_engine(database_url(settings), pool_pre_ping=True)
     api = build_api(
         settings, registry=registry, engine=engine, redis_client=redis_client, ai_failure=ai_failure

@@ -20,6 +20,7 @@ from time import perf_counter
 from opentelemetry import trace
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
+from asgi_observe._asgi import relative_path
 from asgi_observe.metrics._families import http_metrics_for
 from asgi_observe.routes import (
     UNMATCHED_LABEL,
@@ -57,7 +58,7 @@ class MetricsMiddleware:
         namespace: prefix for every metric name (``myapp_http_requests_total``).
         buckets: latency histogram buckets in seconds.
         size_buckets: request/response size histogram buckets in bytes.
-        exclude_paths: exact paths not measured at all.
+        exclude_paths: exact paths (below ``root_path``) not measured at all.
         route_resolver: a hook returning the route template for frameworks the built-in
             resolution does not know (Django, hand-written routers).
         max_handlers: bound on distinct ``handler`` values; later ones become ``other``
@@ -102,7 +103,7 @@ class MetricsMiddleware:
         self._children: dict[tuple[str, int, str], _Children] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self._exclude:
+        if scope["type"] != "http" or (self._exclude and relative_path(scope) in self._exclude):
             await self.app(scope, receive, send)
             return
 

@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 
 from asgi_observe._asgi import Rendered, read_only_endpoint
 from asgi_observe.metrics.exposition import ScrapeSource, guarded
+from asgi_observe.metrics.system import SystemCollector
 from asgi_observe.security import IPNetwork
 from asgi_observe.types import ASGIApp, Scope
 
@@ -128,8 +129,18 @@ def legacy_metrics_app(
     """
     source = ScrapeSource(registry, multiprocess_dir=multiprocess_dir, collectors=collectors)
 
+    # Without `register_system_metrics` the registry has no system gauges; the legacy
+    # document still shows the seed's cpu/memory/disk figures, from a private collector
+    # that adds no series to /metrics.
+    fallback: list[SystemCollector] = []
+
     async def render_legacy(scope: Scope) -> Rendered:
-        body = json.dumps(legacy_snapshot(source, namespace=namespace)).encode("utf-8")
+        snapshot = legacy_snapshot(source, namespace=namespace)
+        if not snapshot["system_metrics"]:
+            if not fallback:
+                fallback.append(SystemCollector())
+            snapshot["system_metrics"] = legacy_snapshot(fallback[0])["system_metrics"]
+        body = json.dumps(snapshot).encode("utf-8")
         return 200, body, "application/json", ((b"cache-control", b"no-store"),)
 
     serve_legacy = read_only_endpoint(render_legacy)

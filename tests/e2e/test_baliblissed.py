@@ -186,4 +186,5 @@ async def test_default_factory_needs_nothing_and_is_ready(
         legacy = await client.get("/metrics/legacy")
     assert ready.status_code == 200, ready.text
     assert ready.json()["checks"]["database"]["status"] == "pass"
+    assert app.settings.service_name == "baliblissed-backend"  # type: ignore[attr-defined]
     assert set(legacy.json()) >= {"timestamp", "api_metrics", "system_metrics"}

@@ -540,3 +540,11 @@ async def test_multiprocess_in_progress_gauge_returns_to_zero_when_the_app_raise
         == 0.0
     )
     assert value(registry, REQUESTS, method="GET", status="200", handler="/half") == 1
+
+
+async def test_excluded_paths_are_matched_below_the_root_path(registry: CollectorRegistry) -> None:
+    app = MetricsMiddleware(_ok, registry=registry, exclude_paths={"/health/live"})
+    await app(_scope("/api/health/live", root_path="/api"), _receive_nothing, _discard)
+    await app(_scope("/health/live"), _receive_nothing, _discard)
+    await app(_scope("/api/orders", root_path="/api"), _receive_nothing, _discard)
+    assert value(registry, REQUESTS, method="GET", status="200", handler=UNMATCHED_LABEL) == 1

@@ -110,3 +110,18 @@ async def test_legacy_is_guarded_like_metrics(registry: CollectorRegistry) -> No
     far = httpx.ASGITransport(app=app, client=("8.8.8.8", 1))
     async with httpx.AsyncClient(transport=far, base_url="http://test") as client:
         assert (await client.get("/metrics/legacy")).status_code == 403
+
+
+async def test_system_figures_appear_without_registering_system_metrics() -> None:
+    import httpx
+    from prometheus_client import CollectorRegistry
+
+    from asgi_observe.metrics.legacy import legacy_metrics_app
+
+    registry = CollectorRegistry()
+    transport = httpx.ASGITransport(app=legacy_metrics_app(registry))
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        document = (await client.get("/")).json()
+    assert {"memory", "disk"} <= set(document["system_metrics"])
+    assert 0 < document["system_metrics"]["disk"] <= 100
+    assert list(registry.collect()) == []  # nothing was added to the registry
