@@ -44,6 +44,7 @@ REQUEST_ID_SCOPE_KEY = "asgi_observe.request_id"
 
 _SERVER = SpanKind.SERVER
 _TEXT_CACHE_SIZE = 4096
+_MEMO_MAX_QUERY = 256  # longer queries are redacted each time, not kept
 _PLAIN_ID = re.compile(
     r"[0-9a-fA-F]{32}|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 )
@@ -103,7 +104,8 @@ class TracingMiddleware:
     ``url.scheme``, ``http.route``, ``http.response.status_code``, ``server.address``,
     ``server.port``, ``client.address``, ``user_agent.original``, ``error.type`` (5xx
     and exceptions), and ``request_id`` from ``scope[request_id_scope_key]``. Every
-    string taken from the request passes through `asgi_observe.pii.redact` first. 5xx
+    string taken from the request passes through `asgi_observe.pii.redact` first;
+    ``url.query`` through `asgi_observe.pii.redact_query`, as the access log's path. 5xx
     responses and exceptions set status ERROR; an exception also adds a redacted
     ``exception`` event and is re-raised unchanged. The span is the current one while
     the app runs, so log lines carry its ``trace_id`` and ``span_id``.
@@ -280,12 +282,15 @@ class TracingMiddleware:
         return cached
 
     def _redacted_query(self, raw: bytes) -> str:
+        """The access log's redaction (`asgi_observe.pii.redact_query`), memoised for
+        short queries: repeated ones (pagination, filters) are common, long ones rare."""
         cached = self._queries.get(raw)
         if cached is None:
             cached = redact_query(raw.decode("latin-1"))
-            if len(self._queries) >= _TEXT_CACHE_SIZE:
-                self._queries.clear()
-            self._queries[raw] = cached
+            if len(raw) <= _MEMO_MAX_QUERY:
+                if len(self._queries) >= _TEXT_CACHE_SIZE:
+                    self._queries.clear()
+                self._queries[raw] = cached
         return cached
 
     def _server(self, host: bytes) -> tuple[str, int | None]:

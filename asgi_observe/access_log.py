@@ -162,7 +162,8 @@ class AccessLogMiddleware:
             name.lower().replace("-", "_") for name in sensitive_query_params
         )
         self._event = event
-        self._queries: dict[bytes, str] = {}
+        self._queries: dict[bytes, str] = {}  # memoised redactions: caches, not request state
+        self._agents: dict[bytes, str] = {}
         self._report_lock = threading.Lock()
         self._next_report = 0.0
 
@@ -239,9 +240,15 @@ class AccessLogMiddleware:
             user_agent = None
             for name, value in scope.get("headers") or ():
                 if name == b"user-agent":
-                    user_agent = escape_control(
-                        redact_text(value.decode("latin-1")), MAX_USER_AGENT
-                    )
+                    user_agent = self._agents.get(value)
+                    if user_agent is None:
+                        user_agent = escape_control(
+                            redact_text(value.decode("latin-1")), MAX_USER_AGENT
+                        )
+                        if len(value) <= MAX_USER_AGENT:  # a few clients send most requests
+                            if len(self._agents) >= 1024:
+                                self._agents.clear()
+                            self._agents[value] = user_agent
                     break
             fields: dict[str, Any] = {
                 "method": _method(scope.get("method")),

@@ -9,6 +9,7 @@ import ipaddress
 import itertools
 import json
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
@@ -20,9 +21,10 @@ import structlog
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.id_generator import IdGenerator
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 from structlog.typing import EventDict
 
 from asgi_observe import _log_processors as log_processors
@@ -34,6 +36,7 @@ from asgi_observe.request_id import RequestIdMiddleware
 from asgi_observe.settings import Settings
 from asgi_observe.types import ASGIApp, Message, Receive, Scope, Send
 from tests.logging_support import json_logs, lines, restore_logging
+from tests.support import http_get, run_uvicorn
 
 __all__ = ["json_logs", "restore_logging"]  # fixtures used below
 
@@ -173,6 +176,119 @@ async def test_streamed_body_sizes_add_up() -> None:
     assert logger.records[0][2]["response_size"] == 7
 
 
+async def test_line_is_written_when_the_response_completes_not_after_background_tasks() -> None:
+    logger = RecordingLogger()
+    release = asyncio.Event()
+
+    async def background() -> None:
+        await release.wait()
+
+    async def with_task(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("done", background=BackgroundTask(background))
+
+    middleware = AccessLogMiddleware(Starlette(routes=[Route("/task", with_task)]), logger=logger)
+    lines_when_final_body_forwarded: list[int] = []
+    sent_done = asyncio.Event()
+
+    async def send(message: Message) -> None:
+        if message["type"] == "http.response.body" and not message.get("more_body"):
+            lines_when_final_body_forwarded.append(len(logger.records))
+            sent_done.set()
+
+    started = time.perf_counter()
+    call = asyncio.create_task(middleware(_scope("/task"), _receive_nothing, send))
+    try:
+        await sent_done.wait()
+        until_sent_ms = (time.perf_counter() - started) * 1000.0
+        # The background task is still blocked, and the line is already there.
+        assert not call.done()
+        assert lines_when_final_body_forwarded == [1]
+        [(level, _, fields)] = logger.records
+        assert (level, fields["status"], fields["route"]) == ("info", 200, "/task")
+        assert fields["response_size"] == len(b"done")
+        assert fields["duration_ms"] <= until_sent_ms
+    finally:
+        release.set()
+        await call
+    assert len(logger.records) == 1
+
+
+async def test_a_client_finds_the_line_as_soon_as_it_has_its_response() -> None:
+    logger = RecordingLogger()
+    release = threading.Event()
+
+    async def with_task(request: Request) -> PlainTextResponse:
+        task = BackgroundTask(asyncio.to_thread, release.wait, 10)
+        return PlainTextResponse("done", background=task)
+
+    app = AccessLogMiddleware(Starlette(routes=[Route("/task", with_task)]), logger=logger)
+    with run_uvicorn(app) as server:
+        try:
+            status, _, body = await asyncio.to_thread(http_get, f"{server.url}/task")
+            # No polling: the line was written before the response's last byte left.
+            assert (status, body) == (200, b"done")
+            assert [(r[2]["path"], r[2]["status"]) for r in logger.records] == [("/task", 200)]
+        finally:
+            release.set()  # before the server shuts down, which waits for the task
+    assert len(logger.records) == 1
+
+
+async def test_final_chunk_counts_in_the_size_and_the_line_precedes_it() -> None:
+    logger = RecordingLogger()
+
+    async def raw_app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 201, "headers": []})
+        await send({"type": "http.response.body", "body": b"abc", "more_body": True})
+        await send({"type": "http.response.body", "body": b"defg"})
+
+    middleware = AccessLogMiddleware(raw_app, logger=logger)
+    seen: list[tuple[int, int]] = []
+
+    async def send(message: Message) -> None:
+        seen.append((len(message.get("body", b"")), len(logger.records)))
+
+    await middleware(_scope("/upload"), _receive_nothing, send)
+    assert seen == [(0, 0), (3, 0), (4, 1)]
+    [(_, _, fields)] = logger.records
+    assert (fields["status"], fields["response_size"]) == (201, 7)
+
+
+async def test_failing_background_task_writes_no_second_line() -> None:
+    logger = RecordingLogger()
+    error = RuntimeError("background job failed")
+
+    async def background() -> None:
+        raise error
+
+    async def with_task(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("done", background=BackgroundTask(background))
+
+    middleware = AccessLogMiddleware(Starlette(routes=[Route("/task", with_task)]), logger=logger)
+    with pytest.raises(RuntimeError) as info:
+        await _call(middleware, _scope("/task"))
+    assert info.value is error
+    [(level, _, fields)] = logger.records
+    assert (level, fields["status"], fields["response_size"]) == ("info", 200, 4)
+    assert "error" not in fields
+
+
+async def test_app_raising_mid_response_logs_the_status_already_sent() -> None:
+    logger = RecordingLogger()
+    error = ConnectionError("upstream went away")
+
+    async def raw_app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"partial", "more_body": True})
+        raise error
+
+    with pytest.raises(ConnectionError) as info:
+        await _call(AccessLogMiddleware(raw_app, logger=logger), _scope("/stream"))
+    assert info.value is error
+    [(level, _, fields)] = logger.records
+    assert (level, fields["status"], fields["response_size"]) == ("info", 200, 7)
+    assert fields["error"] == "ConnectionError: upstream went away"
+
+
 @pytest.mark.parametrize(
     ("query", "expected"),
     [
@@ -254,6 +370,33 @@ async def test_default_exclude_paths_and_custom_ones() -> None:
     await _call(custom, _scope("/items/1"))
     await _call(custom, _scope("/metrics"))
     assert [r[2]["path"] for r in logger.records] == ["/metrics"]
+
+
+@pytest.mark.parametrize(
+    ("path", "root_path"),
+    [
+        ("/api/health/live", "/api"),  # uvicorn --root-path, Starlette 1.x Mount
+        ("/health/live", "/api"),  # servers that leave root_path out of path
+        ("/api/metrics", "/api"),
+        ("/metrics", ""),
+    ],
+)
+async def test_exclude_paths_are_relative_to_the_root_path(path: str, root_path: str) -> None:
+    logger = RecordingLogger()
+    middleware = AccessLogMiddleware(_app(), logger=logger)
+    await _call(middleware, {**_scope(path), "root_path": root_path})
+    await _call(middleware, {**_scope("/api/items/1"), "root_path": "/api"})
+    assert [r[2]["path"] for r in logger.records] == ["/api/items/1"]
+
+
+async def test_exclude_paths_inside_a_mount() -> None:
+    logger = RecordingLogger()
+    inner = AccessLogMiddleware(_app(), logger=logger, exclude_paths=["/items/1"])
+    async with _client(Starlette(routes=[Mount("/api", app=inner)])) as client:
+        excluded = await client.get("/api/items/1")
+        logged = await client.get("/api/items/2")
+    assert (excluded.status_code, logged.status_code) == (200, 200)
+    assert [r[2]["path"] for r in logger.records] == ["/api/items/2"]
 
 
 async def test_trusted_proxies_decide_client_ip() -> None:
@@ -358,6 +501,10 @@ async def _call(app: ASGIApp, scope: Scope) -> list[Message]:
 
     await app(scope, receive, send)
     return sent
+
+
+async def _receive_nothing() -> Message:
+    return {"type": "http.request", "body": b"", "more_body": False}
 
 
 def _scope(

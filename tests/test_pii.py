@@ -359,3 +359,63 @@ def test_non_finite_float_subclasses_become_strings() -> None:
 
     cleaned = redact({"ratio": Ratio("nan"), "limit": Ratio("inf"), "ok": Ratio(0.5)})
     assert cleaned == {"ratio": "nan", "limit": "inf", "ok": 0.5}
+
+
+# --- Query strings: the one redaction behind the access log and url.query ---
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        # OpenTelemetry's semantic-convention list, in any case
+        (
+            "AWSAccessKeyId=AKIAIOSFODNN7EXAMPLE&Signature=vjbyPxybd&Expires=1",
+            "AWSAccessKeyId=[REDACTED]&Signature=[REDACTED]&Expires=1",
+        ),
+        ("sig=abcdef&X-Goog-Signature=ab12&x_goog_signature=cd", None),
+        # OAuth codes, API keys, signed-URL parts
+        ("code=4/0AX4XfWj&state=s1", "code=[REDACTED]&state=s1"),
+        ("key=k1&X-Amz-Credential=c&X-Amz-Security-Token=t", None),
+        # the sensitive-key rule, also through percent-encoding
+        ("access_token=abc&page=2", "access_token=[REDACTED]&page=2"),
+        ("session%5Fid=abc", "session%5Fid=[REDACTED]"),
+        # personal data in names and values, percent-encoded or not
+        ("email=bob%40example.com&n=1", "email=[REDACTED_EMAIL]&n=1"),
+        ("q=bob@example.com", "q=[REDACTED_EMAIL]"),
+        ("bob%40example.com", "[REDACTED_EMAIL]"),
+        ("tel=%2B62+812-3456-7890", "tel=[REDACTED_PHONE]"),
+        # a secret assignment only the whole pair shows
+        ("pwd=hunter2", "pwd=[REDACTED]"),
+        # nothing to redact: exactly as sent
+        ("q=caf%C3%A9&n=1&flag&x=&a=%ZZ", "q=caf%C3%A9&n=1&flag&x=&a=%ZZ"),
+    ],
+)
+def test_redact_query(query: str, expected: str | None) -> None:
+    redacted = pii.redact_query(query)
+    if expected is None:  # every value is a secret
+        expected = "&".join(f"{pair.partition('=')[0]}=[REDACTED]" for pair in query.split("&"))
+    assert redacted == expected
+    assert pii.redact_query(redacted) == redacted
+
+
+def test_redact_query_takes_its_own_sensitive_params() -> None:
+    assert pii.redact_query("tenant=acme&code=c&token=t", sensitive_params=["Tenant"]) == (
+        "tenant=[REDACTED]&code=c&token=[REDACTED]"
+    )
+    assert pii.redact_query("a=1&b=2", sensitive_params=("b",)) == "a=1&b=[REDACTED]"
+    assert {"AWSAccessKeyId", "Signature", "sig", "X-Goog-Signature"} <= set(
+        pii.DEFAULT_SENSITIVE_QUERY_PARAMS
+    )
+
+
+def test_redact_query_is_bounded() -> None:
+    many = pii.redact_query("&".join(["k=v"] * 500))
+    assert many == "&".join(["k=v"] * pii.MAX_QUERY_PARAMS + ["..."])
+    assert len(pii.redact_query("x=" + "a" * 100_000)) == pii.MAX_QUERY_LENGTH
+
+
+def test_a_card_beside_another_digit_group_is_still_found() -> None:
+    # The whole run fails the Luhn check; the card inside it does not.
+    assert redact("paid 2000000000008 0") == "paid [REDACTED_CC] 0"
+    assert redact("ref 3 4111 1111 1111 1111") == "ref 3 [REDACTED_CC]"
+    assert redact("order 4111-1111-1111-1112") == "order 4111-1111-1111-1112"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -9,7 +10,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
-from asgi_observe import tracing
+from asgi_observe import _tracing_api, pii, tracing
 from asgi_observe._tracing_api import TRACER_CONTEXT_KEY
 from asgi_observe.tracing import add_span_attributes, record_exception, tracer
 
@@ -173,3 +174,17 @@ def test_record_exception_survives_an_unprintable_exception(
     span = finished(exporter, "odd")
     assert span.status.status_code is StatusCode.ERROR
     assert "unprintable" in str(dict(span.events[0].attributes or {})["exception.message"])
+
+
+def test_span_query_redaction_is_the_shared_one_and_fails_closed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    query = "sig=abcdef&code=4/0AX4XfWj&n=1"
+    assert _tracing_api.redact_query(query) == pii.redact_query(query)
+    assert _tracing_api.redact_query(query) == "sig=[REDACTED]&code=[REDACTED]&n=1"
+
+    def broken(query: str) -> str:
+        raise RuntimeError("redactor broke")
+
+    monkeypatch.setattr(pii, "redact_query", broken)
+    assert _tracing_api.redact_query(query) == "[REDACTION_FAILED]"

@@ -19,6 +19,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Mount, Route
 
 from asgi_observe import _tracing_api
+from asgi_observe.access_log import AccessLogMiddleware
 from asgi_observe.tracing import TracingMiddleware, add_span_attributes, tracer
 from asgi_observe.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -291,6 +292,44 @@ async def test_query_with_plain_email_is_redacted(
     await mw(scope, receive, send)
     span = only_server_span(exporter)
     assert dict(span.attributes or {})["url.query"] == "q=[REDACTED_EMAIL]&n=1"
+
+
+DANGEROUS_QUERY = (
+    "code=4/0AX4XfWj&sig=abcdef&AWSAccessKeyId=AKIAIOSFODNN7EXAMPLE&Signature=vjby"
+    "&X-Goog-Signature=ab12&X-Amz-Credential=cred&key=k1&access_token=t0k"
+    "&email=bob%40example.com&pwd=hunter2&page=2"
+)
+
+
+class _Lines:
+    """Keeps the access log's ``path`` fields, as a structlog-style logger."""
+
+    def __init__(self) -> None:
+        self.paths: list[str] = []
+
+    def info(self, event: str, **fields: object) -> None:
+        self.paths.append(str(fields["path"]))
+
+    warning = error = info
+
+
+async def test_span_query_and_access_log_path_are_redacted_alike(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    logged = _Lines()
+    app = TracingMiddleware(
+        AccessLogMiddleware(starlette_app(), logger=logged), tracer_provider=provider
+    )
+    async with client(app) as http:
+        response = await http.get(f"/items/7?{DANGEROUS_QUERY}")
+    assert response.status_code == 200
+    query = str(dict(only_server_span(exporter).attributes or {})["url.query"])
+    assert query == (
+        "code=[REDACTED]&sig=[REDACTED]&AWSAccessKeyId=[REDACTED]&Signature=[REDACTED]"
+        "&X-Goog-Signature=[REDACTED]&X-Amz-Credential=[REDACTED]&key=[REDACTED]"
+        "&access_token=[REDACTED]&email=[REDACTED_EMAIL]&pwd=[REDACTED]&page=2"
+    )
+    assert logged.paths == [f"/items/7?{query}"]
 
 
 async def test_request_id_from_scope_becomes_an_attribute(
