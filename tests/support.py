@@ -27,7 +27,7 @@ from typing import Any, Literal
 import pytest
 import uvicorn
 
-from asgi_observe.types import ASGIApp
+from asgi_observe.types import ASGIApp, Message
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -104,6 +104,29 @@ def run_uvicorn(
     finally:
         server.should_exit = True
         thread.join(timeout=15)
+
+
+async def drive_lifespan(
+    app: Any,
+    kinds: tuple[str, ...] = ("lifespan.startup", "lifespan.shutdown"),
+    *,
+    sent: list[Message] | None = None,
+) -> list[Message]:
+    """Play the server's side of the lifespan protocol; returns what the app sent.
+
+    Pass `sent` to keep the messages when the app is expected to raise.
+    """
+    incoming: list[Message] = [{"type": kind} for kind in kinds]
+    answers: list[Message] = [] if sent is None else sent
+
+    async def receive() -> Message:
+        return incoming.pop(0)
+
+    async def send(message: Message) -> None:
+        answers.append(message)
+
+    await app({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send)
+    return answers
 
 
 def http_get(

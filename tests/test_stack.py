@@ -20,6 +20,7 @@ from asgi_observe import Settings, instrument
 from asgi_observe._lifespan import LifespanHooks, StartupAbortedError
 from asgi_observe.types import Message, Receive, Scope, Send
 from tests.metrics.helpers import value
+from tests.support import drive_lifespan
 
 
 async def hello(request: Request) -> PlainTextResponse:
@@ -104,17 +105,7 @@ def test_instrumenting_twice_is_refused() -> None:
 
 
 async def run_lifespan(app: object) -> list[str]:
-    incoming = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
-    sent: list[str] = []
-
-    async def receive() -> Message:
-        return next(incoming)
-
-    async def send(message: Message) -> None:
-        sent.append(message["type"])
-
-    await app({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send)  # type: ignore[operator]
-    return sent
+    return [message["type"] for message in await drive_lifespan(app)]
 
 
 async def test_lifespan_hooks_run_around_an_app_with_lifespan() -> None:
@@ -168,18 +159,11 @@ async def test_app_startup_failure_is_propagated() -> None:
             raise failure
         yield  # pragma: no cover - never reached, but makes this an async generator
 
-    app = Starlette(lifespan=lifespan)
-    incoming = iter([{"type": "lifespan.startup"}])
     sent: list[Message] = []
-
-    async def receive() -> Message:
-        return next(incoming)
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
     with pytest.raises(RuntimeError, match="migration"):
-        await LifespanHooks(app)({"type": "lifespan"}, receive, send)
+        await drive_lifespan(
+            LifespanHooks(Starlette(lifespan=lifespan)), ("lifespan.startup",), sent=sent
+        )
     assert sent[0]["type"] == "lifespan.startup.failed"
 
 
@@ -229,16 +213,7 @@ async def test_an_internal_port_that_cannot_be_bound_stops_start_up(
     holder, port = _taken_port()
     try:
         app = instrument(starlette_app(), Settings(metrics_internal_port=port), registry=registry)
-        incoming = iter([{"type": "lifespan.startup"}])
-        sent: list[Message] = []
-
-        async def receive() -> Message:
-            return next(incoming)
-
-        async def send(message: Message) -> None:
-            sent.append(message)
-
-        await app({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send)
+        sent = await drive_lifespan(app, ("lifespan.startup",))
     finally:
         holder.close()
     assert [m["type"] for m in sent] == ["lifespan.startup.failed"]
@@ -271,16 +246,7 @@ async def test_an_aborting_hook_closes_what_earlier_hooks_opened() -> None:
         events.append("closed")
 
     hooks = LifespanHooks(raw_app, startup=[opens, aborts], shutdown=[closes])
-    incoming = iter([{"type": "lifespan.startup"}])
-    sent: list[Message] = []
-
-    async def receive() -> Message:
-        return next(incoming)
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    await hooks({"type": "lifespan"}, receive, send)
+    sent = await drive_lifespan(hooks, ("lifespan.startup",))
     assert events == ["opened", "closed"]
     assert sent == [{"type": "lifespan.startup.failed", "message": "METRICS_INTERNAL_PORT: taken"}]
 
@@ -298,16 +264,7 @@ async def test_shutdown_hooks_run_when_the_app_start_up_fails() -> None:
             raise failure
         yield  # pragma: no cover
 
-    incoming = iter([{"type": "lifespan.startup"}])
-
-    async def receive() -> Message:
-        return next(incoming)
-
-    async def send(message: Message) -> None:
-        return None
-
+    app = LifespanHooks(Starlette(lifespan=lifespan), shutdown=[closes])
     with pytest.raises(RuntimeError, match="migration"):
-        await LifespanHooks(Starlette(lifespan=lifespan), shutdown=[closes])(
-            {"type": "lifespan"}, receive, send
-        )
+        await drive_lifespan(app, ("lifespan.startup",))
     assert events == ["closed"]

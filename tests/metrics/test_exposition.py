@@ -14,7 +14,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter
 
 from asgi_observe import metrics_app
-from asgi_observe.types import Message
+from tests.support import drive_lifespan
 
 OPENMETRICS_ACCEPT = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
 
@@ -86,18 +86,8 @@ async def test_malformed_accept_headers_still_get_metrics(accept: str) -> None:
 
 
 async def test_lifespan_is_completed() -> None:
-    app = metrics_app(CollectorRegistry())
-    incoming = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
-    sent: list[str] = []
-
-    async def receive() -> Message:
-        return next(incoming)
-
-    async def send(message: Message) -> None:
-        sent.append(message["type"])
-
-    await app({"type": "lifespan"}, receive, send)
-    assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    sent = await drive_lifespan(metrics_app(CollectorRegistry()))
+    assert [m["type"] for m in sent] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
 
 
 def test_multiprocess_aggregates_the_files_of_every_worker(tmp_path: Path) -> None:
