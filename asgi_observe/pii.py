@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime
 import math
 import re
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, MutableMapping
 from typing import Any, overload
 from urllib.parse import quote, unquote_plus
 
@@ -497,35 +497,24 @@ class PIIRedactor:
         is_sensitive = self._is_sensitive
         known = _key_cache if is_sensitive is is_sensitive_key else None
         # Most values of a line were seen before; a lookup costs less than a call.
-        memo = _defaults_memo()
-        for key, value in event_dict.items():
+        for key in event_dict:
             sensitive = known.get(key) if known is not None else None
             if sensitive is None:
                 sensitive = is_sensitive(key)
             if sensitive:
                 event_dict[key] = REDACTED
-                continue
-            kind = type(value)
-            if kind is str:
-                redacted = memo.get(value) if memo is not None else None
-                if redacted is None:
-                    redacted = redact_text(value)
-                if redacted is not value:
-                    event_dict[key] = redacted
-            elif not (value is None or kind is int or kind is bool or kind is float):
-                if key not in _PASSTHROUGH_KEYS:
-                    event_dict[key] = redact(value)
-            elif kind is float and not math.isfinite(value):
-                event_dict[key] = str(value)
+        _redact_plain_values(event_dict, _PASSTHROUGH_KEYS)
         return event_dict
 
 
-def _redact_plain_values(event_dict: dict[str, Any]) -> None:
-    """What `PIIRedactor` does to `event_dict`, for keys known not to be sensitive.
+def _redact_plain_values(
+    event_dict: MutableMapping[str, Any], passthrough: frozenset[str] = frozenset()
+) -> None:
+    """The value rules of `PIIRedactor`, for keys already known not to be sensitive.
 
-    The access log's own keys are fixed names that are neither sensitive nor
-    ProcessorFormatter internals, so their sensitivity need not be looked up per line.
-    Keep the value rules here identical to `PIIRedactor.__call__`.
+    The access log calls it directly: its own keys are fixed names that are neither
+    sensitive nor ProcessorFormatter internals, so their sensitivity need not be looked
+    up per line. Non-scalar values under `passthrough` keys are left alone.
     """
     memo = _defaults_memo()
     for key, value in event_dict.items():
@@ -537,6 +526,7 @@ def _redact_plain_values(event_dict: dict[str, Any]) -> None:
             if redacted is not value:
                 event_dict[key] = redacted
         elif not (value is None or kind is int or kind is bool or kind is float):
-            event_dict[key] = redact(value)
+            if key not in passthrough:
+                event_dict[key] = redact(value)
         elif kind is float and not math.isfinite(value):
             event_dict[key] = str(value)
