@@ -15,13 +15,12 @@ two gauges instead of failing with prometheus-client's "Duplicated timeseries".
 from __future__ import annotations
 
 import logging
-import threading
-import weakref
 from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Gauge
 
 from asgi_observe.health._check import CheckResult
+from asgi_observe.metrics._per_registry import PerRegistry
 
 __all__ = ["HealthMetrics", "health_metrics"]
 
@@ -48,18 +47,13 @@ class HealthMetrics:
             logger.warning("asgi_observe: could not record health metrics", exc_info=True)
 
 
-_lock = threading.Lock()
-_by_registry: weakref.WeakKeyDictionary[CollectorRegistry, HealthMetrics] = (
-    weakref.WeakKeyDictionary()
-)
+_gauges: PerRegistry[HealthMetrics | None] = PerRegistry()
 
 
 def health_metrics(registry: CollectorRegistry) -> HealthMetrics | None:
     """The gauges of `registry`, created on first use; None if they cannot exist there."""
-    with _lock:
-        found = _by_registry.get(registry)
-        if found is not None:
-            return found
+
+    def create() -> HealthMetrics | None:
         metrics: HealthMetrics | None
         try:
             metrics = HealthMetrics(
@@ -89,8 +83,9 @@ def health_metrics(registry: CollectorRegistry) -> HealthMetrics | None:
                     DURATION_NAME,
                 )
                 return None
-        _by_registry[registry] = metrics
         return metrics
+
+    return _gauges.get_or_create(registry, None, None, create, lambda _: "unreachable")
 
 
 def _existing(registry: CollectorRegistry) -> HealthMetrics | None:

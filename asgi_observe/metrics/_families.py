@@ -9,14 +9,13 @@ with a clear error instead of silently reusing the first buckets.
 
 from __future__ import annotations
 
-import threading
-import weakref
 from collections.abc import Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from asgi_observe.metrics._per_registry import PerRegistry
 from asgi_observe.routes import UNMATCHED_LABEL, LabelCap, normalize_method, peek_route
 from asgi_observe.types import Scope
 
@@ -128,10 +127,7 @@ class HttpMetrics:
             registry.register(self.in_flight)
 
 
-_lock = threading.Lock()
-_by_registry: weakref.WeakKeyDictionary[CollectorRegistry, dict[str, HttpMetrics]] = (
-    weakref.WeakKeyDictionary()
-)
+_families: PerRegistry[HttpMetrics] = PerRegistry()
 
 
 def http_metrics_for(
@@ -145,24 +141,20 @@ def http_metrics_for(
 ) -> HttpMetrics:
     """Get or create the families for `registry` and `namespace`."""
     wanted = (tuple(float(b) for b in buckets), tuple(float(b) for b in size_buckets))
-    with _lock:
-        known = _by_registry.setdefault(registry, {})
-        existing = known.get(namespace)
-        if existing is not None:
-            if (existing.buckets, existing.size_buckets) != wanted:
-                msg = (
-                    f"HTTP metrics for namespace {namespace!r} already exist in this registry "
-                    "with other buckets; use another registry or namespace, or the same buckets"
-                )
-                raise ValueError(msg)
-            return existing
-        created = HttpMetrics(
+    return _families.get_or_create(
+        registry,
+        namespace,
+        wanted,
+        lambda: HttpMetrics(
             registry,
             namespace,
             wanted[0],
             wanted[1],
             multiprocess=multiprocess,
             max_handlers=max_handlers,
-        )
-        known[namespace] = created
-        return created
+        ),
+        lambda _: (
+            f"HTTP metrics for namespace {namespace!r} already exist in this registry "
+            "with other buckets; use another registry or namespace, or the same buckets"
+        ),
+    )

@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import enum
 import re
-import threading
-import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any, ParamSpec, TypeVar
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from asgi_observe.metrics._ai_call import AICall
+from asgi_observe.metrics._per_registry import PerRegistry
 from asgi_observe.routes import LabelCap
 
 __all__ = [
@@ -153,10 +152,7 @@ class _Family:
         return self.metric.labels(*bounded)
 
 
-_lock = threading.Lock()
-_families: weakref.WeakKeyDictionary[CollectorRegistry, dict[str, _Family]] = (
-    weakref.WeakKeyDictionary()
-)
+_families: PerRegistry[_Family] = PerRegistry()
 
 
 class AppMetrics:
@@ -295,29 +291,27 @@ class AppMetrics:
     ) -> _BoundFamily:
         full = f"{self.namespace}_{name}" if self.namespace else name
         labels = check_label_names(labelnames, metric=full)
-        with _lock:
-            known = _families.setdefault(self.registry, {})
-            family = known.get(full)
-            if family is None:
-                metric: Counter | Gauge | Histogram
-                if kind == "counter":
-                    metric = Counter(full, documentation, labels, registry=self.registry)
-                elif kind == "gauge":
-                    metric = Gauge(
-                        full, documentation, labels, registry=self.registry, multiprocess_mode=spec
-                    )
-                else:
-                    metric = Histogram(
-                        full, documentation, labels, registry=self.registry, buckets=spec
-                    )
-                family = _Family(metric, kind, labels, spec, self._max_values)
-                known[full] = family
-            elif (family.kind, family.labels, family.spec) != (kind, labels, spec):
-                msg = (
-                    f"metric {full!r} already exists in this registry as a {family.kind} with "
-                    f"labels {family.labels!r}; it cannot be redefined"
+        registry = self.registry
+
+        def create() -> _Family:
+            metric: Counter | Gauge | Histogram
+            if kind == "counter":
+                metric = Counter(full, documentation, labels, registry=registry)
+            elif kind == "gauge":
+                metric = Gauge(
+                    full, documentation, labels, registry=registry, multiprocess_mode=spec
                 )
-                raise ValueError(msg)
+            else:
+                metric = Histogram(full, documentation, labels, registry=registry, buckets=spec)
+            return _Family(metric, kind, labels, spec, self._max_values)
+
+        def conflict(existing: Hashable) -> str:
+            return (
+                f"metric {full!r} already exists in this registry as (kind, labels, spec)="
+                f"{existing!r}; it cannot be redefined"
+            )
+
+        family = _families.get_or_create(registry, full, (kind, labels, spec), create, conflict)
         return _BoundFamily(family)
 
 

@@ -22,14 +22,15 @@ import logging
 import os
 import threading
 import time
-import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from pathlib import Path
 
 import psutil
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from asgi_observe.metrics._per_registry import PerRegistry
 
 __all__ = ["SystemCollector", "register_system_metrics", "system_collectors_for"]
 
@@ -324,10 +325,7 @@ class SystemCollector(Collector):
             yield GaugeMetricFamily(self._prefix + name, "")
 
 
-_lock = threading.Lock()
-_by_registry: weakref.WeakKeyDictionary[CollectorRegistry, dict[str, SystemCollector]] = (
-    weakref.WeakKeyDictionary()
-)
+_collectors: PerRegistry[SystemCollector] = PerRegistry()
 
 
 def register_system_metrics(
@@ -350,27 +348,23 @@ def register_system_metrics(
     """
     target = REGISTRY if registry is None else registry
     wanted = (os.fspath(disk_path), Path(cgroup_root))
-    with _lock:
-        known = _by_registry.setdefault(target, {})
-        existing = known.get(namespace)
-        if existing is not None:
-            if (existing.disk_path, existing.cgroup_root) != wanted:
-                msg = (
-                    f"system metrics for namespace {namespace!r} already exist in this registry "
-                    f"with disk_path={existing.disk_path!r}, "
-                    f"cgroup_root={str(existing.cgroup_root)!r}"
-                )
-                raise ValueError(msg)
-            return existing
+
+    def create() -> SystemCollector:
         collector = SystemCollector(
             namespace=namespace, disk_path=disk_path, cgroup_root=cgroup_root
         )
         target.register(collector)
-        known[namespace] = collector
         return collector
+
+    def conflict(existing: Hashable) -> str:
+        return (
+            f"system metrics for namespace {namespace!r} already exist in this registry "
+            f"with (disk_path, cgroup_root)={existing!r}"
+        )
+
+    return _collectors.get_or_create(target, namespace, wanted, create, conflict)
 
 
 def system_collectors_for(registry: CollectorRegistry) -> list[SystemCollector]:
     """The collectors `register_system_metrics` added to `registry` (for multiprocess scrapes)."""
-    with _lock:
-        return list(_by_registry.get(registry, {}).values())
+    return _collectors.all(registry)
