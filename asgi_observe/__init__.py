@@ -7,9 +7,14 @@ the right order. The names below are the public API.
 from __future__ import annotations
 
 from asgi_observe import checks
-from asgi_observe.access_log import AccessLogMiddleware
 from asgi_observe.health import HealthApp
-from asgi_observe.logging import bind_request_id, clear_context, configure_logging, get_logger
+from asgi_observe.logs import (
+    AccessLogMiddleware,
+    bind_request_id,
+    clear_context,
+    configure_logging,
+    get_logger,
+)
 from asgi_observe.metrics import (
     AppMetrics,
     CircuitState,

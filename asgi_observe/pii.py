@@ -36,6 +36,7 @@ __all__ = [
     "is_sensitive_key",
     "luhn_valid",
     "redact",
+    "redact_plain_values",
     "redact_query",
     "redact_text",
 ]
@@ -503,11 +504,11 @@ class PIIRedactor:
                 sensitive = is_sensitive(key)
             if sensitive:
                 event_dict[key] = REDACTED
-        _redact_plain_values(event_dict, _PASSTHROUGH_KEYS)
+        redact_plain_values(event_dict, _PASSTHROUGH_KEYS)
         return event_dict
 
 
-def _redact_plain_values(
+def redact_plain_values(
     event_dict: MutableMapping[str, Any], passthrough: frozenset[str] = frozenset()
 ) -> None:
     """The value rules of `PIIRedactor`, for keys already known not to be sensitive.

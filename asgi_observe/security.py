@@ -4,6 +4,7 @@
 sees the request, whether the caller may read it. The seed's first rule for ``/metrics``
 is that it "should never be publicly accessible"; this module is the in-process half of
 that rule (the other half is the internal port, see `asgi_observe.metrics.internal`).
+Who the caller is follows the one rule of `asgi_observe.net`.
 """
 
 from __future__ import annotations
@@ -13,25 +14,17 @@ import logging
 from collections.abc import Iterable
 from typing import cast
 
-from asgi_observe._client_ip import IPAddress, in_networks, parse_address
-from asgi_observe.settings import MIN_METRICS_TOKEN_LENGTH, IPNetwork, parse_networks
+from asgi_observe.net import IPNetwork, client_address, in_networks, parse_networks
+from asgi_observe.settings import MIN_METRICS_TOKEN_LENGTH
 from asgi_observe.types import ASGIApp, Receive, Scope, Send
 
-__all__ = [
-    "MIN_TOKEN_LENGTH",
-    "IPAddress",
-    "IPNetwork",
-    "MetricsGuard",
-    "client_address",
-    "parse_networks",
-]
+__all__ = ["MIN_TOKEN_LENGTH", "MetricsGuard"]
 
 logger = logging.getLogger("asgi_observe")
 
 MIN_TOKEN_LENGTH = MIN_METRICS_TOKEN_LENGTH
 """Same floor as ``METRICS_TOKEN`` in `Settings`: shorter secrets are guessable."""
 
-_MAX_HOPS = 64  # an X-Forwarded-For chain longer than this is not a real proxy chain
 _REALM = b'Bearer realm="metrics"'
 _INVALID_TOKEN = b'Bearer realm="metrics", error="invalid_token"'
 
@@ -55,39 +48,6 @@ def _check_token(token: str | None) -> bytes | None:
         )
         raise ValueError(msg)
     return token.encode("utf-8")
-
-
-def client_address(scope: Scope, trusted_proxies: tuple[IPNetwork, ...] = ()) -> IPAddress | None:
-    """The address of the caller, or None when it cannot be known.
-
-    The socket peer (``scope["client"]``) is the caller unless it is a trusted proxy; then
-    ``X-Forwarded-For`` is read from the right, skipping trusted hops, and the right-most
-    untrusted hop is the caller: every hop left of it was written by the client itself
-    and proves nothing. A hop that is not an address makes the caller unknown. When
-    every hop is trusted the left-most one is the caller.
-    """
-    client = scope.get("client")
-    peer: IPAddress | None = None
-    if isinstance(client, list | tuple) and client and isinstance(client[0], str):
-        peer = parse_address(client[0])
-    if peer is None or not trusted_proxies or not in_networks(peer, trusted_proxies):
-        return peer
-    values = [
-        bytes(value).decode("latin-1")
-        for key, value in scope.get("headers") or ()
-        if bytes(key).lower() == b"x-forwarded-for"
-    ]
-    hops = [hop for hop in ",".join(values).split(",") if hop.strip()]
-    if not hops:
-        return peer
-    caller: IPAddress | None = peer
-    for hop in reversed(hops[-_MAX_HOPS:]):
-        caller = parse_address(hop)
-        if caller is None or not in_networks(caller, trusted_proxies):
-            return caller
-    if len(hops) > _MAX_HOPS:
-        return None
-    return caller
 
 
 def _bearer_token(scope: Scope) -> bytes | None:

@@ -8,23 +8,20 @@ configured without touching `os.environ` at all (tests do exactly that).
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 import urllib.parse
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Literal, cast
+from typing import Literal
+
+from asgi_observe.net import IPNetwork, parse_networks
 
 __all__ = [
     "DEFAULT_EXCLUDED_URLS",
     "MIN_METRICS_TOKEN_LENGTH",
-    "IPNetwork",
     "Settings",
-    "parse_networks",
 ]
-
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 DEFAULT_EXCLUDED_URLS: tuple[str, ...] = (
     "/metrics",
@@ -55,44 +52,6 @@ def _parse_bool(name: str, value: str) -> bool:
     if lowered in _FALSE:
         return False
     raise _invalid(name, value, "expected one of true/false, 1/0, yes/no, on/off")
-
-
-def parse_networks(
-    value: str | IPNetwork | Iterable[str | IPNetwork] | None, *, name: str
-) -> tuple[IPNetwork, ...]:
-    """Parse an allow-list: CIDR strings (one comma-separated string or several), or networks.
-
-    Bare addresses mean a single host (``10.0.0.1`` is ``10.0.0.1/32``). Host bits set
-    (``10.0.0.1/8``) are refused rather than silently masked: a typo in an allow-list
-    must not widen it. Raises `ValueError` naming `name` and the offending entry, and
-    `TypeError` for entries that are neither strings nor networks.
-    """
-    if value is None:
-        return ()
-    items: Iterable[str | IPNetwork]
-    if isinstance(value, str):
-        items = value.split(",")
-    elif isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
-        items = (value,)
-    else:
-        items = value
-    networks: list[IPNetwork] = []
-    for item in items:
-        if isinstance(item, ipaddress.IPv4Network | ipaddress.IPv6Network):
-            networks.append(item)
-            continue
-        if not isinstance(cast(object, item), str):  # untyped callers (YAML configs)
-            msg = f"invalid {name} entry {item!r}: expected a CIDR string or an ip_network"
-            raise TypeError(msg)
-        text = item.strip()
-        if not text:
-            continue
-        try:
-            networks.append(ipaddress.ip_network(text, strict=True))
-        except ValueError as exc:
-            shown = value if isinstance(value, str) else text
-            raise _invalid(name, shown, f"{text!r} is not a CIDR or IP address ({exc})") from None
-    return tuple(networks)
 
 
 def _parse_port(name: str, value: str) -> int:

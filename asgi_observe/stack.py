@@ -18,7 +18,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 
 from asgi_observe._asgi import relative_path
 from asgi_observe._lifespan import Hook, LifespanHooks, StartupAbortedError
-from asgi_observe.access_log import AccessLogMiddleware
+from asgi_observe.logs.access import AccessLogMiddleware
 from asgi_observe.metrics.exposition import metrics_app
 from asgi_observe.metrics.http import MetricsMiddleware
 from asgi_observe.metrics.internal import InternalMetricsServer
@@ -217,7 +217,12 @@ def instrument(
             registry=registry,
             multiprocess=settings.prometheus_multiproc_dir is not None,
         )
-    stack = TracingMiddleware(stack, tracer_provider=provider, excluded_urls=settings.excluded_urls)
+    stack = TracingMiddleware(
+        stack,
+        tracer_provider=provider,
+        excluded_urls=settings.excluded_urls,
+        trusted_proxies=settings.trusted_proxies,
+    )
     stack = RequestIdMiddleware(stack)
     stack = LifespanHooks(stack, startup=startup, shutdown=shutdown)
     return ObservedApp(

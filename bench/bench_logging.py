@@ -29,8 +29,8 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from asgi_observe import pii
-from asgi_observe.access_log import AccessLogMiddleware
-from asgi_observe.logging import configure_logging
+from asgi_observe.logs.access import AccessLogMiddleware
+from asgi_observe.logs.config import configure_logging
 from asgi_observe.pii import PIIRedactor, redact
 from asgi_observe.request_id import RequestIdMiddleware
 from asgi_observe.settings import Settings

@@ -18,7 +18,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from prometheus_client import CollectorRegistry
 
 from asgi_observe import Settings, instrument
-from asgi_observe.logging import configure_logging
+from asgi_observe.logs.config import configure_logging
 from asgi_observe.types import ASGIApp
 from bench.bench_logging import HandWrittenAccessLog
 from bench.bench_tracing import NoOpExporter

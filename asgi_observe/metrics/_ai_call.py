@@ -1,7 +1,7 @@
 """`AICall`: one measured external/AI call, as a context manager or a decorator.
 
 `AppMetrics.track_ai` hands these out; the call reports its duration, tokens and outcome
-back to the `AppMetrics` that made it.
+back to the recorder (an `AppMetrics`) that made it, so this module needs nothing\nfrom `asgi_observe.metrics.app`.
 """
 
 from __future__ import annotations
@@ -11,15 +11,21 @@ import inspect
 from collections.abc import Awaitable, Callable
 from time import perf_counter
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast, overload
+from typing import Any, ParamSpec, Protocol, TypeVar, cast, overload
 
-if TYPE_CHECKING:
-    from asgi_observe.metrics.app import AppMetrics
-
-__all__ = ["AICall"]
+__all__ = ["AICall", "AICallRecorder"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+
+class AICallRecorder(Protocol):
+    """Where a finished call is reported (`asgi_observe.metrics.AppMetrics` is one)."""
+
+    def record_ai_call(
+        self, request_type: str, duration: float, tokens: int, *, failed: bool
+    ) -> None:
+        """Count one call of `request_type`, its duration, its tokens and its outcome."""
 
 
 class AICall:
@@ -33,7 +39,7 @@ class AICall:
 
     def __init__(
         self,
-        metrics: AppMetrics,
+        metrics: AICallRecorder,
         request_type: str,
         tokens_from: Callable[[Any], int | None] | None = None,
     ) -> None:
@@ -61,7 +67,7 @@ class AICall:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._metrics._finish_ai(
+        self._metrics.record_ai_call(
             self.request_type, perf_counter() - self._start, self._tokens, failed=exc is not None
         )
 

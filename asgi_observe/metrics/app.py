@@ -231,7 +231,10 @@ class AppMetrics:
         """
         return AICall(self, request_type, tokens_from)
 
-    def _finish_ai(self, request_type: str, duration: float, tokens: int, *, failed: bool) -> None:
+    def record_ai_call(
+        self, request_type: str, duration: float, tokens: int, *, failed: bool
+    ) -> None:
+        """Count one finished external/AI call (what `track_ai` does on exit)."""
         self._ai_requests.child(request_type).inc()
         self._ai_duration.child(request_type).observe(duration)
         if tokens:

@@ -21,7 +21,8 @@ from prometheus_client.registry import Collector
 from asgi_observe._asgi import Rendered, header_value, read_only_endpoint
 from asgi_observe.metrics.multiprocess import sweep_dead_workers
 from asgi_observe.metrics.system import system_collectors_for
-from asgi_observe.security import IPNetwork, MetricsGuard
+from asgi_observe.net import IPNetwork
+from asgi_observe.security import MetricsGuard
 from asgi_observe.types import ASGIApp, Scope
 
 __all__ = ["PLAIN_TEXT", "ScrapeSource", "guarded", "metrics_app"]

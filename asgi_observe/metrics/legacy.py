@@ -21,7 +21,7 @@ from prometheus_client.registry import Collector
 from asgi_observe._asgi import Rendered, read_only_endpoint
 from asgi_observe.metrics.exposition import ScrapeSource, guarded
 from asgi_observe.metrics.system import SystemCollector
-from asgi_observe.security import IPNetwork
+from asgi_observe.net import IPNetwork
 from asgi_observe.types import ASGIApp, Scope
 
 __all__ = ["legacy_metrics_app", "legacy_snapshot"]

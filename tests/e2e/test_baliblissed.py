@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from asgi_observe import Settings
 from examples.baliblissed import build_api, create_app
-from tests.logging_support import restore_logging
+from tests.logs.support import restore_logging
 from tests.metrics.helpers import value
 from tests.support import (
     PostgresServer,

@@ -10,9 +10,10 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
-from asgi_observe import _tracing_api, pii, tracing
-from asgi_observe._tracing_api import TRACER_CONTEXT_KEY
+from asgi_observe import pii, tracing
 from asgi_observe.tracing import add_span_attributes, record_exception, tracer
+from asgi_observe.tracing import api as tracing_api
+from asgi_observe.tracing.api import TRACER_CONTEXT_KEY
 
 
 def finished(exporter: InMemorySpanExporter, name: str) -> ReadableSpan:
@@ -149,6 +150,28 @@ def test_tracer_works_as_a_decorator(
     assert finished(exporter, "decorated").name == "decorated"
 
 
+async def test_tracer_decorates_coroutines_and_resolves_the_provider_per_call(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    @tracer.start_as_current_span("async-work")
+    async def work(value: int) -> int:
+        trace.get_current_span().set_attribute("value", value)
+        return value * 2
+
+    assert await work(1) == 2  # no request provider yet: the global (no-op) one
+    assert exporter.get_finished_spans() == ()
+    token = otel_context.attach(
+        otel_context.set_value(TRACER_CONTEXT_KEY, provider.get_tracer("asgi_observe"))
+    )
+    try:
+        assert await work(21) == 42
+    finally:
+        otel_context.detach(token)
+    span = finished(exporter, "async-work")
+    assert span.attributes is not None
+    assert span.attributes["value"] == 21
+
+
 def test_tracer_without_any_provider_is_harmless() -> None:
     with tracer.start_as_current_span("nothing") as span:
         span.set_attribute("a", 1)
@@ -180,11 +203,11 @@ def test_span_query_redaction_is_the_shared_one_and_fails_closed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     query = "sig=abcdef&code=4/0AX4XfWj&n=1"
-    assert _tracing_api.redact_query(query) == pii.redact_query(query)
-    assert _tracing_api.redact_query(query) == "sig=[REDACTED]&code=[REDACTED]&n=1"
+    assert tracing_api.redact_query(query) == pii.redact_query(query)
+    assert tracing_api.redact_query(query) == "sig=[REDACTED]&code=[REDACTED]&n=1"
 
     def broken(query: str) -> str:
         raise RuntimeError("redactor broke")
 
     monkeypatch.setattr(pii, "redact_query", broken)
-    assert _tracing_api.redact_query(query) == "[REDACTION_FAILED]"
+    assert tracing_api.redact_query(query) == "[REDACTION_FAILED]"

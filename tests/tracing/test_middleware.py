@@ -18,9 +18,9 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Mount, Route
 
-from asgi_observe import _tracing_api
-from asgi_observe.access_log import AccessLogMiddleware
+from asgi_observe.logs.access import AccessLogMiddleware
 from asgi_observe.tracing import TracingMiddleware, add_span_attributes, tracer
+from asgi_observe.tracing import api as tracing_api
 from asgi_observe.types import ASGIApp, Message, Receive, Scope, Send
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -520,7 +520,7 @@ async def test_our_own_failure_never_breaks_the_request(
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(_tracing_api, "_reported", set())  # "once per process" starts here
+    monkeypatch.setattr(tracing_api, "_reported", set())  # "once per process" starts here
 
     class BrokenPropagator:
         fields = frozenset({"traceparent"})

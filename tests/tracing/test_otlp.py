@@ -22,7 +22,6 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from asgi_observe._tracing_setup import _guards
 from asgi_observe.settings import Settings
 from asgi_observe.tracing import (
     TracingMiddleware,
@@ -31,6 +30,7 @@ from asgi_observe.tracing import (
     shutdown_tracing,
     tracer,
 )
+from asgi_observe.tracing.setup import _guards
 from asgi_observe.types import ASGIApp, Message, Scope
 from tests.support import black_hole, refused_port, run_uvicorn, wait_until
 from tests.tracing.otlp_receivers import Receiver, grpc_receiver, http_receiver

@@ -23,7 +23,6 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Status, StatusCode
 
-from asgi_observe._tracing_export import ExportGuard, redact_span
 from asgi_observe.settings import Settings
 from asgi_observe.tracing import (
     build_exporter,
@@ -32,6 +31,7 @@ from asgi_observe.tracing import (
     setup_tracing,
     shutdown_tracing,
 )
+from asgi_observe.tracing.export import ExportGuard, redact_span
 from tests.support import black_hole
 
 

@@ -27,15 +27,15 @@ from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from structlog.typing import EventDict
 
-from asgi_observe import _log_processors as log_processors
-from asgi_observe import access_log
-from asgi_observe import logging as asgi_logging
-from asgi_observe.access_log import MAX_PATH, AccessLogMiddleware
-from asgi_observe.logging import configure_logging
+from asgi_observe.logs import access as access_log
+from asgi_observe.logs import config as asgi_logging
+from asgi_observe.logs import processors as log_processors
+from asgi_observe.logs.access import MAX_PATH, AccessLogMiddleware
+from asgi_observe.logs.config import configure_logging
 from asgi_observe.request_id import RequestIdMiddleware
 from asgi_observe.settings import Settings
 from asgi_observe.types import ASGIApp, Message, Receive, Scope, Send
-from tests.logging_support import json_logs, lines, restore_logging
+from tests.logs.support import json_logs, lines, restore_logging
 from tests.support import http_get, run_uvicorn
 
 __all__ = ["json_logs", "restore_logging"]  # fixtures used below
@@ -629,7 +629,7 @@ async def test_default_logger_lines_equal_the_generic_pipeline(
     path, headers, bound, traced = scenario
     _freeze_clocks(monkeypatch)
     direct: list[bool] = []
-    write_event = asgi_logging._write_event
+    write_event = asgi_logging.write_event
 
     def spy(*args: Any, **kwargs: Any) -> bool:
         direct.append(write_event(*args, **kwargs))
@@ -642,13 +642,13 @@ async def test_default_logger_lines_equal_the_generic_pipeline(
     path, _, query = path.partition("?")
     headers = [*headers, (b"x-request-id", b"rid-1")]
 
-    monkeypatch.setattr(access_log, "_write_event", spy)
+    monkeypatch.setattr(access_log, "write_event", spy)
     with contextlib.suppress(RuntimeError):
         await _call(app, _scope(path, query=query.encode(), headers=headers))
     fast = json_logs.getvalue()
     json_logs.seek(0)
     json_logs.truncate()
-    monkeypatch.setattr(access_log, "_write_event", lambda *args, **kwargs: False)
+    monkeypatch.setattr(access_log, "write_event", lambda *args, **kwargs: False)
     with contextlib.suppress(RuntimeError):
         await _call(app, _scope(path, query=query.encode(), headers=headers))
     generic = json_logs.getvalue()
@@ -756,7 +756,7 @@ async def test_a_failing_direct_route_never_reaches_the_request(
     def broken(event_dict: dict[str, Any]) -> None:
         raise RuntimeError("redactor broke")
 
-    monkeypatch.setattr(asgi_logging, "_redact_plain_values", broken)
+    monkeypatch.setattr(asgi_logging, "redact_plain_values", broken)
     with caplog.at_level(logging.WARNING, logger="asgi_observe"):
         async with _client(AccessLogMiddleware(_app())) as client:
             response = await client.get("/items/1")

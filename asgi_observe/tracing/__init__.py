@@ -4,14 +4,16 @@
 HTTP/protobuf, parent-based ratio sampling, batch export) and `shutdown_tracing` flushes
 it within a bounded time. `TracingMiddleware` makes one PII-redacted SERVER span per
 HTTP request. `tracer`, `add_span_attributes` and `record_exception` are for code
-inside a request. The implementation lives in the private ``_tracing_*`` modules.
+inside a request. The package's modules: `setup` (provider, sampler, resource,
+exporter), `export` (the redacting, outage-tolerant exporter wrapper), `middleware`
+(`TracingMiddleware`) and `api` (the manual-span helpers).
 """
 
 from __future__ import annotations
 
-from asgi_observe._tracing_api import add_span_attributes, record_exception, tracer
-from asgi_observe._tracing_middleware import REQUEST_ID_SCOPE_KEY, TracingMiddleware
-from asgi_observe._tracing_setup import (
+from asgi_observe.tracing.api import add_span_attributes, record_exception, tracer
+from asgi_observe.tracing.middleware import REQUEST_ID_SCOPE_KEY, TracingMiddleware
+from asgi_observe.tracing.setup import (
     DEFAULT_SHUTDOWN_TIMEOUT,
     build_exporter,
     build_resource,

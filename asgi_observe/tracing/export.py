@@ -19,8 +19,8 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import Status
 from opentelemetry.util import types
 
-from asgi_observe._tracing_api import INSTRUMENTATION_NAME, redact_text, report_once
 from asgi_observe.pii import REDACTED, is_sensitive_key
+from asgi_observe.tracing.api import INSTRUMENTATION_NAME, redact_text, report_once
 
 __all__ = ["ExportGuard", "redact_span"]
 

@@ -4,21 +4,24 @@ It also owns the PII policy for span data written by our own code: every string 
 becomes a span or event attribute goes through `asgi_observe.pii.redact` here, at the
 moment it is set, so spans are PII-safe whichever `TracerProvider` records them (a
 provider built by `setup_tracing` additionally redacts spans of other instrumentations
-at export time, see `_tracing_setup`).
+at export time, see `asgi_observe.tracing.setup`).
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import traceback
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from types import TracebackType
+from typing import Any, ParamSpec, TypeVar, cast
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.util import types
-from opentelemetry.util._decorator import _agnosticcontextmanager
 
 from asgi_observe import pii
 
@@ -37,6 +40,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger("asgi_observe")
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 INSTRUMENTATION_NAME = "asgi_observe"
 """Instrumentation scope of the server spans `TracingMiddleware` makes."""
@@ -217,8 +223,7 @@ class _CurrentTracer(trace.Tracer):
             set_status_on_exception,
         )
 
-    @_agnosticcontextmanager
-    def start_as_current_span(  # noqa: PLR0917 - the signature of opentelemetry's Tracer API
+    def start_as_current_span(  # type: ignore[override]  # noqa: PLR0917
         self,
         name: str,
         context: otel_context.Context | None = None,
@@ -229,19 +234,67 @@ class _CurrentTracer(trace.Tracer):
         record_exception: bool = True,
         set_status_on_exception: bool = True,
         end_on_exit: bool = True,
-    ) -> Iterator[Span]:
-        with self._current().start_as_current_span(
-            name,
-            context,
-            kind,
-            attributes,
-            links,
-            start_time,
-            record_exception,
-            set_status_on_exception,
-            end_on_exit,
-        ) as span:
-            yield span
+    ) -> CurrentSpanScope:
+        # The API types its result with a private class; ours has the same two uses
+        # (``with`` and decorator), hence the ignore. The signature is the API's.
+        return CurrentSpanScope(
+            lambda: self._current().start_as_current_span(
+                name,
+                context,
+                kind,
+                attributes,
+                links,
+                start_time,
+                record_exception,
+                set_status_on_exception,
+                end_on_exit,
+            )
+        )
+
+
+class CurrentSpanScope:
+    """What ``tracer.start_as_current_span(...)`` returns: a context manager yielding the
+    span, and a decorator for plain and ``async def`` functions.
+
+    The tracer is resolved on each entry (each call of a decorated function), not when
+    the scope is made: a function decorated at import time still records into the
+    provider of the request it runs in.
+    """
+
+    def __init__(self, open_span: Callable[[], AbstractContextManager[Span]]) -> None:
+        self._open = open_span
+        self._entered: list[AbstractContextManager[Span]] = []
+
+    def __enter__(self) -> Span:
+        manager = self._open()
+        span = manager.__enter__()
+        self._entered.append(manager)
+        return span
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        return self._entered.pop().__exit__(exc_type, exc, tb)
+
+    def __call__(self, func: Callable[P, R]) -> Callable[P, R]:
+        if inspect.iscoroutinefunction(func):
+
+            @functools.wraps(func)
+            async def traced_coroutine(*args: P.args, **kwargs: P.kwargs) -> Any:
+                with self._open():
+                    return await func(*args, **kwargs)
+
+            return cast("Callable[P, R]", traced_coroutine)
+
+        @functools.wraps(func)
+        def traced(*args: P.args, **kwargs: P.kwargs) -> R:
+            with self._open():
+                return func(*args, **kwargs)
+
+        return traced
 
 
 tracer: trace.Tracer = _CurrentTracer()

@@ -25,7 +25,9 @@ from opentelemetry.propagators.textmap import Getter, TextMapPropagator
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.util import types
 
-from asgi_observe._tracing_api import (
+from asgi_observe.net import IPNetwork, client_ip, parse_networks
+from asgi_observe.routes import KNOWN_METHODS, RouteResolver, resolve_route
+from asgi_observe.tracing.api import (
     APP_TRACER_NAME,
     INSTRUMENTATION_NAME,
     TRACER_CONTEXT_KEY,
@@ -34,7 +36,6 @@ from asgi_observe._tracing_api import (
     redact_text,
     report_once,
 )
-from asgi_observe.routes import KNOWN_METHODS, RouteResolver, resolve_route
 from asgi_observe.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["REQUEST_ID_SCOPE_KEY", "TracingMiddleware"]
@@ -123,6 +124,8 @@ class TracingMiddleware:
         route_resolver: a hook returning the route template, tried first.
         propagator: context propagator; None uses the global one (W3C trace context and
             baggage by default), looked up per request.
+        trusted_proxies: networks whose ``X-Forwarded-For`` is believed for
+            ``client.address`` (the rule of `asgi_observe.net`).
     """
 
     def __init__(
@@ -135,8 +138,12 @@ class TracingMiddleware:
         traceresponse: bool = False,
         route_resolver: RouteResolver | None = None,
         propagator: TextMapPropagator | None = None,
+        trusted_proxies: str | IPNetwork | Iterable[str | IPNetwork] | None = None,
     ) -> None:
         self.app = app
+        self._trusted_proxies = parse_networks(
+            trusted_proxies, name="trusted_proxies (TRUSTED_PROXIES)"
+        )
         if tracer_provider is None:
             self._tracer = trace.get_tracer(INSTRUMENTATION_NAME)
             self._app_tracer = trace.get_tracer(APP_TRACER_NAME)
@@ -329,9 +336,9 @@ class TracingMiddleware:
                 attributes["server.address"] = self._redacted(str(server[0]))
                 if server[1] is not None:
                     attributes["server.port"] = server[1]
-        client = scope.get("client")
+        client = client_ip(scope, self._trusted_proxies)
         if client:
-            attributes["client.address"] = self._redacted(str(client[0]))
+            attributes["client.address"] = self._redacted(client)
         if agent:
             attributes["user_agent.original"] = self._redacted(agent)
         request_id = scope.get(self._request_id_key)

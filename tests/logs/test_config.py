@@ -30,11 +30,11 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from asgi_observe import _log_processors as log_processors
-from asgi_observe import logging as asgi_logging
 from asgi_observe import pii
-from asgi_observe.access_log import AccessLogMiddleware
-from asgi_observe.logging import (
+from asgi_observe.logs import config as asgi_logging
+from asgi_observe.logs import processors as log_processors
+from asgi_observe.logs.access import AccessLogMiddleware
+from asgi_observe.logs.config import (
     bind_request_id,
     clear_context,
     configure_logging,
@@ -44,7 +44,7 @@ from asgi_observe.logging import (
 from asgi_observe.pii import is_sensitive_key
 from asgi_observe.request_id import RequestIdMiddleware, get_request_id
 from asgi_observe.settings import Settings
-from tests.logging_support import json_logs, lines, restore_logging
+from tests.logs.support import json_logs, lines, restore_logging
 from tests.support import free_port
 
 __all__ = ["json_logs", "restore_logging"]  # fixtures used below
@@ -77,7 +77,7 @@ def _run_script(script: str, **env: str) -> tuple[list[dict[str, Any]], str]:
 def test_production_lines_from_a_real_process() -> None:
     script = """
         import datetime, decimal, logging
-        from asgi_observe.logging import configure_logging, get_logger, bind_request_id
+        from asgi_observe.logs.config import configure_logging, get_logger, bind_request_id
 
         class Weird:
             def __repr__(self): raise RuntimeError("no repr")
@@ -134,7 +134,7 @@ def test_production_lines_from_a_real_process() -> None:
 def test_log_level_is_honoured_for_structlog_and_stdlib() -> None:
     script = """
         import logging
-        from asgi_observe.logging import configure_logging, get_logger
+        from asgi_observe.logs.config import configure_logging, get_logger
         configure_logging()
         get_logger("a").info("structlog info")
         get_logger("a").warning("structlog warning")
@@ -153,8 +153,8 @@ def test_uvicorn_serving_an_app_logs_json_only() -> None:
         from starlette.applications import Starlette
         from starlette.responses import PlainTextResponse
         from starlette.routing import Route
-        from asgi_observe.access_log import AccessLogMiddleware
-        from asgi_observe.logging import configure_logging, get_logger
+        from asgi_observe.logs.access import AccessLogMiddleware
+        from asgi_observe.logs.config import configure_logging, get_logger
         from asgi_observe.request_id import RequestIdMiddleware
 
         def create_app():
@@ -366,7 +366,7 @@ def test_a_server_logger_switched_off_stays_off(restore_logging: None) -> None:
     assert error.handlers == []
 
 
-# --- _write_event: the access log's cheaper route renders what the logger would ---
+# --- write_event: the access log's cheaper route renders what the logger would ---
 
 FROZEN_TIME = SimpleNamespace(
     time=lambda: 1_700_000_000.5, strftime=time.strftime, gmtime=time.gmtime
@@ -453,7 +453,7 @@ def test_write_event_renders_what_the_logger_renders(
         with contextlib.ExitStack() as stack:
             if traced:
                 stack.enter_context(TRACER.start_as_current_span("work"))
-            assert asgi_logging._write_event(
+            assert asgi_logging.write_event(
                 "app.direct", method_name, event, dict(fields), plain_keys=plain
             )
             direct = json_logs.getvalue()
@@ -473,16 +473,16 @@ def test_write_event_declines_what_it_cannot_reproduce(restore_logging: None) ->
     stream = io.StringIO()
     fields = {"path": "/a"}
     configure_logging(Settings(environment="development"), stream=stream, colors=False)
-    assert not asgi_logging._write_event("x", "info", "e", fields, plain_keys=True)
+    assert not asgi_logging.write_event("x", "info", "e", fields, plain_keys=True)
     configure_logging(Settings(environment="production", log_level="WARNING"), stream=stream)
     with structlog.testing.capture_logs():
-        assert not asgi_logging._write_event("x", "warning", "e", fields, plain_keys=True)
-    assert not asgi_logging._write_event("x", "warn", "e", fields)  # an alias: the logger's job
-    assert asgi_logging._write_event("x", "info", "e", fields)  # below the level: dropped
+        assert not asgi_logging.write_event("x", "warning", "e", fields, plain_keys=True)
+    assert not asgi_logging.write_event("x", "warn", "e", fields)  # an alias: the logger's job
+    assert asgi_logging.write_event("x", "info", "e", fields)  # below the level: dropped
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
-    assert not asgi_logging._write_event("x", "warning", "e", fields)
+    assert not asgi_logging.write_event("x", "warning", "e", fields)
     structlog.configure(processors=[structlog.processors.JSONRenderer()])
-    assert not asgi_logging._write_event("x", "warning", "e", fields)
+    assert not asgi_logging.write_event("x", "warning", "e", fields)
     assert fields == {"path": "/a"}  # untouched whenever it declined
     assert stream.getvalue() == ""
 

@@ -1,4 +1,4 @@
-"""Log processors and the safe JSON serializer used by `asgi_observe.logging`.
+"""Log processors and the safe JSON serializer used by `asgi_observe.logs.config`.
 
 Kept apart from the configuration code: these are the pieces every log line passes
 through, small and independently testable.
@@ -59,7 +59,7 @@ def _make_encoder(**kwargs: Any) -> json.JSONEncoder:
     )
 
 
-_encoder = _make_encoder()
+JSON_ENCODER = _make_encoder()
 # structlog's JSONRenderer passes its own ``default`` on every call; building an encoder
 # per line cost as much as encoding it, so one is kept per ``default`` callable.
 _encoders_by_default: dict[int, tuple[Any, json.JSONEncoder]] = {}
@@ -73,7 +73,7 @@ def json_dumps(value: Any, **kwargs: Any) -> str:
     is ASCII (other characters are escaped), so any stream encoding can take it.
     """
     if not kwargs:
-        encoder = _encoder
+        encoder = JSON_ENCODER
     elif len(kwargs) == 1 and "default" in kwargs:
         default = kwargs["default"]
         found = _encoders_by_default.get(id(default))

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import structlog
 
-from asgi_observe.logging import SERVER_LOGGERS, configure_logging
+from asgi_observe.logs.config import SERVER_LOGGERS, configure_logging
 from asgi_observe.settings import Settings
 
 

@@ -23,9 +23,9 @@ from opentelemetry.sdk.trace.sampling import ParentBased, Sampler, TraceIdRatioB
 from opentelemetry.sdk.version import __version__ as sdk_version
 from opentelemetry.util import types
 
-from asgi_observe._tracing_api import report_once
-from asgi_observe._tracing_export import ExportGuard
 from asgi_observe.settings import Settings
+from asgi_observe.tracing.api import report_once
+from asgi_observe.tracing.export import ExportGuard
 
 __all__ = [
     "build_exporter",

@@ -1,0 +1,310 @@
+"""The access log: one structured, PII-safe event per HTTP request.
+
+This module owns `AccessLogMiddleware`. The event is written as the response completes
+(its last body message is sent) or when the app raises before that, with the fields of the public contract: ``method``,
+``path`` (sensitive query values and personal data redacted by
+`asgi_observe.pii.redact_query`, as in the span's ``url.query``), ``route`` (the template,
+from `asgi_observe.routes.resolve_route`), ``status``, ``duration_ms``, ``client_ip``
+(``X-Forwarded-For`` believed only from trusted proxies), ``user_agent``,
+``response_size``, ``request_id``, ``trace_id`` and ``span_id``. Everything taken from
+the request is bounded in length and has control characters escaped, so a path or user
+agent cannot forge log lines or drive a terminal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Collection
+from time import perf_counter
+from typing import Any
+
+from opentelemetry.trace import get_current_span
+
+from asgi_observe import pii
+from asgi_observe.logs.config import get_logger, write_event
+from asgi_observe.net import IPNetwork, client_ip
+from asgi_observe.pii import is_sensitive_key, redact_query, redact_text
+from asgi_observe.request_id import SCOPE_KEY as REQUEST_ID_KEY
+from asgi_observe.request_id import get_request_id
+from asgi_observe.routes import RouteResolver, resolve_route
+from asgi_observe.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = [
+    "DEFAULT_EXCLUDE_PATHS",
+    "DEFAULT_SENSITIVE_QUERY_PARAMS",
+    "AccessLogMiddleware",
+    "escape_control",
+]
+
+internal_logger = logging.getLogger("asgi_observe")
+
+DEFAULT_EXCLUDE_PATHS: tuple[str, ...] = ("/metrics", "/health/live", "/health/ready")
+
+DEFAULT_SENSITIVE_QUERY_PARAMS = pii.DEFAULT_SENSITIVE_QUERY_PARAMS
+"""An alias of `asgi_observe.pii.DEFAULT_SENSITIVE_QUERY_PARAMS`, kept importable here."""
+
+FIELD_NAMES: tuple[str, ...] = (
+    "method",
+    "path",
+    "route",
+    "status",
+    "duration_ms",
+    "client_ip",
+    "user_agent",
+    "response_size",
+    "request_id",
+    "trace_id",
+    "span_id",
+    "error",
+)
+"""The keys of an access-log line besides those every line has (``event``, ...)."""
+
+# Whether `write_event` may redact the values of the line without looking their keys
+# up: none of them is a sensitive one. Decided here once rather than assumed.
+_PLAIN_KEYS = not any(is_sensitive_key(key) for key in FIELD_NAMES)
+
+MAX_PATH = 2048
+MAX_USER_AGENT = 512
+EVENT = "request"
+LOGGER_NAME = "asgi_observe.access"
+
+
+def _escape_char(char: str) -> str:
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
+def escape_control(text: str, limit: int) -> str:
+    """Escape non-printable characters (CR, LF, ESC, C1 controls, line separators, ...)
+    as ``\\xNN`` and cut `text` to `limit` characters (marking the cut with ``...``)."""
+    if len(text) > limit:
+        text = text[:limit] + "..."
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else _escape_char(char) for char in text)
+
+
+_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"}
+)
+
+
+def _method(method: Any) -> str:
+    if method in _METHODS:
+        return method  # type: ignore[no-any-return]
+    return escape_control(str(method or ""), 32)
+
+
+class AccessLogMiddleware:
+    """One structured event per HTTP request, written when the response completes.
+
+    ``duration_ms`` ends when the final body message (``more_body`` false) is sent, and
+    the line is written then, before that message is passed on: work the app does
+    afterwards (Starlette's ``BackgroundTask``) neither inflates the duration nor delays
+    the line, and an exception it raises is not logged a second time. An app that raises
+    before completing its response gets its line when it raises; so does a 5xx
+    response, whose line waits for the app to return so that it carries the exception
+    Starlette's ``ServerErrorMiddleware`` re-raises after sending its 500. The level follows the status: ``error`` for 5xx (including an app exception, logged
+    as status 500 with an ``error`` field before it is re-raised unchanged), ``warning``
+    for 4xx, ``info`` otherwise. Paths in `exclude_paths` (exact match, relative to
+    ``root_path`` when the path starts with it) and non-HTTP scopes pass through
+    without an event. A failure while building or writing the
+    event is reported on the ``asgi_observe`` logger and never reaches the request.
+
+    With the default logger, while `configure_logging`'s production setup is in force,
+    the line is rendered and written by `asgi_observe.logs.config` directly: the same line
+    as the logger would write, for about half the cost. Any other setup (console,
+    ``structlog.testing.capture_logs``, your own ``structlog.configure``) and any
+    `logger` you pass get the event through the logger.
+
+    Args:
+        app: the ASGI app to wrap.
+        logger: a structlog-style logger (``info``/``warning``/``error`` taking keyword
+            fields); ``get_logger("asgi_observe.access")`` by default.
+        exclude_paths: paths that are not logged (probes and scrapes by default), as
+            seen by the app: without the ``root_path`` it is mounted under.
+        trusted_proxies: networks whose ``X-Forwarded-For`` is believed for ``client_ip``.
+        route_resolver: a hook giving the route template, tried before the built-in one.
+        sensitive_query_params: query parameter names whose values are replaced by
+            ``[REDACTED]``, on top of `asgi_observe.pii.SENSITIVE_KEYS` (see
+            `asgi_observe.pii.redact_query`).
+        event: the event name of the access-log line.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        logger: Any | None = None,
+        exclude_paths: Collection[str] = DEFAULT_EXCLUDE_PATHS,
+        trusted_proxies: Collection[IPNetwork] = (),
+        route_resolver: RouteResolver | None = None,
+        sensitive_query_params: Collection[str] = DEFAULT_SENSITIVE_QUERY_PARAMS,
+        event: str = EVENT,
+    ) -> None:
+        self.app = app
+        # With the default logger, lines take the cheaper route of `write_event` while
+        # configure_logging's production pipeline is in force (same output).
+        self._direct = logger is None
+        self._logger = logger if logger is not None else get_logger(LOGGER_NAME)
+        self._exclude = frozenset(exclude_paths)
+        self._trusted = tuple(trusted_proxies)
+        self._route_resolver = route_resolver
+        self._sensitive_params = frozenset(
+            name.lower().replace("-", "_") for name in sensitive_query_params
+        )
+        self._event = event
+        self._queries: dict[bytes, str] = {}  # memoised redactions: caches, not request state
+        self._agents: dict[bytes, str] = {}
+        self._report_lock = threading.Lock()
+        self._next_report = 0.0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        # Excluded paths are compared relative to the mount point: behind
+        # ``--root-path /api`` (or inside a Mount) ``path`` is ``/api/health/live``.
+        path = scope["path"]
+        root = scope.get("root_path")
+        if root and path.startswith(root):
+            path = path[len(root) :] or "/"
+        if path in self._exclude:
+            await self.app(scope, receive, send)
+            return
+
+        start = perf_counter()
+        status = 500  # what the server answers when the app raises before responding
+        size = 0
+        elapsed: float | None = None  # set when the response completes
+        logged = False
+
+        async def send_measuring_response(message: Message) -> None:
+            nonlocal status, size, elapsed, logged
+            kind = message["type"]
+            if kind == "http.response.body":
+                size += len(message.get("body", b""))
+                if not message.get("more_body", False) and elapsed is None:
+                    elapsed = perf_counter() - start
+                    if status < 500:
+                        # Written now, before the last byte leaves: background tasks run
+                        # after it count neither in the duration nor in when the line
+                        # appears, and a client that has read its response finds it.
+                        logged = True
+                        self._emit(scope, status, size, elapsed, None)
+            elif kind == "http.response.start":
+                status = message["status"]
+            elif kind == "http.response.pathsend" and elapsed is None:  # a file, sent whole
+                elapsed = perf_counter() - start
+                if status < 500:
+                    logged = True
+                    self._emit(scope, status, size, elapsed, None)
+            await send(message)
+
+        error: BaseException | None = None
+        try:
+            await self.app(scope, receive, send_measuring_response)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            # Written here when the app raised (or returned) before completing its
+            # response, and for a 5xx: Starlette's ServerErrorMiddleware sends its 500
+            # and then re-raises, and the line is to carry that exception. An exception
+            # after a completed non-5xx response (a failing background task) propagates
+            # without a second line.
+            if not logged:
+                if elapsed is None:
+                    elapsed = perf_counter() - start
+                self._emit(scope, status, size, elapsed, error)
+
+    def _emit(
+        self, scope: Scope, status: int, size: int, elapsed: float, error: BaseException | None
+    ) -> None:
+        try:
+            context = get_current_span().get_span_context()
+            if context.is_valid:
+                trace_id: str | None = format(context.trace_id, "032x")
+                span_id: str | None = format(context.span_id, "016x")
+            else:
+                trace_id = span_id = None
+            request_id = scope.get(REQUEST_ID_KEY) or get_request_id()
+            user_agent = None
+            for name, value in scope.get("headers") or ():
+                if name == b"user-agent":
+                    user_agent = self._agents.get(value)
+                    if user_agent is None:
+                        user_agent = escape_control(
+                            redact_text(value.decode("latin-1")), MAX_USER_AGENT
+                        )
+                        if len(value) <= MAX_USER_AGENT:  # a few clients send most requests
+                            if len(self._agents) >= 1024:
+                                self._agents.clear()
+                            self._agents[value] = user_agent
+                    break
+            fields: dict[str, Any] = {
+                "method": _method(scope.get("method")),
+                "path": self._path(scope),
+                "route": resolve_route(scope, self._route_resolver, status=status),
+                "status": status,
+                "duration_ms": round(elapsed * 1000.0, 3),
+                "client_ip": client_ip(scope, self._trusted),
+                "user_agent": user_agent,
+                "response_size": size,
+                "request_id": request_id,
+                "trace_id": trace_id,
+                "span_id": span_id,
+            }
+            if error is not None:
+                fields["error"] = escape_control(
+                    redact_text(f"{type(error).__qualname__}: {error}"), MAX_PATH
+                )
+            level = "error" if status >= 500 else "warning" if status >= 400 else "info"
+            if self._direct and write_event(
+                LOGGER_NAME, level, self._event, fields, plain_keys=_PLAIN_KEYS
+            ):
+                return
+            logger = self._logger
+            if status >= 500:
+                logger.error(self._event, **fields)
+            elif status >= 400:
+                logger.warning(self._event, **fields)
+            else:
+                logger.info(self._event, **fields)
+        except Exception:
+            self._report_failure()
+
+    def _path(self, scope: Scope) -> str:
+        path = scope.get("path") or ""
+        if not isinstance(path, str):
+            path = str(path)
+        path = redact_text(path)
+        raw_query = scope.get("query_string") or b""
+        if raw_query:
+            query = self._queries.get(raw_query)
+            if query is None:
+                query = redact_query(
+                    raw_query.decode("latin-1"), sensitive_params=self._sensitive_params
+                )
+                if len(raw_query) <= 256:  # repeated queries (pagination, filters) are common
+                    if len(self._queries) >= 1024:
+                        self._queries.clear()
+                    self._queries[raw_query] = query
+            path = f"{path}?{query}"
+        return escape_control(path, MAX_PATH)
+
+    def _report_failure(self) -> None:
+        now = time.monotonic()
+        with self._report_lock:
+            if now < self._next_report:
+                return
+            self._next_report = now + 60.0
+        with contextlib.suppress(Exception):  # the reporting logger itself is broken
+            internal_logger.warning("could not write the access log line", exc_info=True)

@@ -1,0 +1,499 @@
+"""Structured logging: one configuration for structlog and the standard library.
+
+This module owns `configure_logging`, `get_logger`, the request-context helpers
+(`bind_request_id`, `clear_context`), the `TraceContextAdder` processor and the safe
+JSON serializer. Production renders one JSON object per line; every other environment
+renders readable console lines. Both structlog events and stdlib records (uvicorn,
+third-party libraries, our own ``asgi_observe`` warnings) pass the same processors --
+context merge, exception formatting, PII redaction, logger name, level, ISO-8601 UTC
+timestamp, trace and span ids -- and end up on the same stream under one lock, so lines
+never interleave.
+
+structlog events do not travel through `logging.LogRecord`s: they are rendered by
+structlog and written directly, which is about three times cheaper per line than the
+`ProcessorFormatter` round trip. stdlib records use `ProcessorFormatter` with the same
+processors as its ``foreign_pre_chain``. The access log, written once per request, goes
+one step further (`write_event`): while the production configuration installed here is
+in force, it applies the same processing to its event itself, without structlog's
+bound-logger machinery, and writes the identical line for about half the cost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import json
+import logging
+import sys
+import threading
+from types import FrameType
+from typing import Any, TextIO
+
+import structlog
+from structlog.contextvars import bind_contextvars, clear_contextvars
+from structlog.typing import EventDict, FilteringBoundLogger, Processor, WrappedLogger
+
+from asgi_observe.logs.processors import (
+    JSON_ENCODER,
+    TraceContextAdder,
+    UTCTimeStamper,
+    json_dumps,
+)
+from asgi_observe.pii import PII_PATTERNS, PIIRedactor, redact_plain_values
+from asgi_observe.request_id import get_request_id, request_id_var
+from asgi_observe.settings import Settings
+
+__all__ = [
+    "PII_PATTERNS",
+    "StreamLogger",
+    "TraceContextAdder",
+    "UTCTimeStamper",
+    "bind_request_id",
+    "clear_context",
+    "configure_logging",
+    "get_logger",
+    "get_request_id",
+    "json_dumps",
+]
+
+# Loggers whose handlers servers install themselves; they are re-pointed at the root
+# handler so their lines get the same format (uvicorn configures them before the app is
+# imported, so configure_logging, called from the app, runs after it).
+SERVER_LOGGERS = (
+    "uvicorn",
+    "uvicorn.error",
+    "uvicorn.access",
+    "uvicorn.asgi",
+    "gunicorn",
+    "gunicorn.error",
+    "gunicorn.access",
+    "hypercorn.error",
+    "hypercorn.access",
+)
+
+
+class _Sink:
+    """Where lines go: the stream and the lock shared with the stdlib root handler."""
+
+    def __init__(self, stream: TextIO | None, lock: threading.RLock) -> None:
+        self.stream = stream  # None: sys.stdout at write time (it can be replaced)
+        self.lock = lock
+        self.failed = False
+
+    def write(self, line: str) -> None:
+        try:
+            with self.lock:
+                stream = self.stream if self.stream is not None else sys.stdout
+                stream.write(line + "\n")
+                stream.flush()
+        except Exception:
+            # A closed pipe or a full disk must not raise into the request that logged.
+            if not self.failed:
+                self.failed = True
+                with contextlib.suppress(Exception):  # nowhere left to report to
+                    sys.__stderr__.write("asgi_observe: writing a log line failed\n")  # type: ignore[union-attr]
+
+
+class _Production:
+    """The production pipeline a configure_logging call installed, kept to recognise it.
+
+    `write_event` runs these processors itself only while structlog's configuration
+    still holds exactly them (``structlog.testing.capture_logs`` swaps them in place; a
+    plain ``structlog.configure`` replaces them), this wrapper class (the level filter)
+    and our logger factory.
+    """
+
+    __slots__ = (
+        "enabled",
+        "head",
+        "processors",
+        "redactor",
+        "renderer",
+        "stamper",
+        "tracer",
+        "wrapper_class",
+    )
+
+    def __init__(
+        self,
+        processors: list[Processor],
+        wrapper_class: Any,
+        level: int,
+        *,
+        redactor: PIIRedactor,
+        stamper: UTCTimeStamper,
+        tracer: TraceContextAdder,
+    ) -> None:
+        self.processors = list(processors)  # a copy: the configured list can be edited
+        self.head = tuple(processors[:-1])  # everything before the JSON renderer
+        self.renderer = processors[-1]
+        self.redactor = redactor
+        self.stamper = stamper
+        self.tracer = tracer
+        self.wrapper_class = wrapper_class
+        # What make_filtering_bound_logger(level) keeps: methods at or above the level.
+        self.enabled = frozenset(name for name, value in _METHOD_LEVELS.items() if value >= level)
+
+
+_METHOD_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "critical": logging.CRITICAL,
+}
+
+
+class _UnsanitizedValueError(Exception):
+    """Raised by the fast encoder on a value `PIIRedactor` would have converted."""
+
+
+def _refuse(value: Any) -> Any:
+    raise _UnsanitizedValueError
+
+
+def _sanitized_encoder() -> Any:
+    """The C encoder behind ``json_dumps`` prepared once, or None where it is missing.
+
+    ``JSONEncoder.encode`` builds it again for every call, which costs a third of the
+    encoding of an access-log line. It skips the circular-reference bookkeeping, so it
+    is only given event dicts that went through `PIIRedactor` (acyclic, depth-bounded,
+    JSON types only); anything else makes it raise and the real renderer takes over.
+    """
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return None
+    try:
+        encoder = make(
+            None, _refuse, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, False
+        )
+        probe = {"a": ["é\n", 1, 2.5, None, True], "b": {"c": -3}}
+        if "".join(encoder(probe, 0)) != JSON_ENCODER.encode(probe):
+            return None
+    except Exception:  # another Python's private signature: use the public path
+        return None
+    return encoder
+
+
+_SANITIZED_ENCODER = _sanitized_encoder()
+
+
+class _State:
+    """The current sink and production pipeline, replaced by each configure_logging call."""
+
+    sink = _Sink(None, threading.RLock())
+    production: _Production | None = None
+
+
+_state = _State()
+
+
+class StreamLogger:
+    """The structlog logger of `configure_logging`: writes rendered lines to the sink.
+
+    It has a ``name`` (for the ``logger`` key) and looks the sink up on every write, so
+    loggers created before a reconfiguration follow it.
+    """
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def msg(self, message: str) -> None:
+        _state.sink.write(message)
+
+    log = debug = info = warn = warning = error = critical = exception = fatal = msg
+    err = failure = msg
+
+    def __repr__(self) -> str:
+        return f"<StreamLogger {self.name!r}>"
+
+
+_loggers: dict[str, StreamLogger] = {}
+
+
+def _caller_module(depth: int) -> str:
+    frame: FrameType | None = sys._getframe(depth)
+    while frame is not None:
+        name = str(frame.f_globals.get("__name__", ""))
+        if not (name.startswith("structlog") or name == __name__):
+            return name or "root"
+        frame = frame.f_back
+    return "root"
+
+
+def _logger_factory(*args: Any) -> StreamLogger:
+    name = args[0] if args and isinstance(args[0], str) else _caller_module(2)
+    found = _loggers.get(name)
+    if found is None:
+        found = StreamLogger(name)
+        if len(_loggers) < 1024:
+            _loggers[name] = found
+    return found
+
+
+class _RootHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The root handler installed by configure_logging; recognised on reconfiguration."""
+
+    def __init__(self, sink: _Sink) -> None:
+        super().__init__(sink.stream)
+        self._sink = sink
+        self.lock = sink.lock  # one lock for structlog lines and stdlib records
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:
+            self.handleError(record)
+            return
+        self._sink.write(line)
+
+
+_stack_info_renderer = structlog.processors.StackInfoRenderer()
+
+
+def _render_exception_and_stack(
+    logger: WrappedLogger, method_name: str, event_dict: EventDict
+) -> EventDict:
+    """``format_exc_info`` and ``StackInfoRenderer``, skipped when there is nothing to do."""
+    if "exc_info" in event_dict:
+        event_dict = structlog.processors.format_exc_info(logger, method_name, event_dict)
+    if "stack_info" in event_dict:
+        event_dict = _stack_info_renderer(logger, method_name, event_dict)
+    return event_dict
+
+
+def _shared_processors(
+    redactor: PIIRedactor, stamper: UTCTimeStamper, tracer: TraceContextAdder
+) -> list[Processor]:
+    # `_process_plain` applies this chain inline: keep the two in step.
+    return [
+        structlog.contextvars.merge_contextvars,
+        _render_exception_and_stack,
+        redactor,  # after the exception text exists, before our own keys are added
+        structlog.stdlib.add_logger_name,
+        structlog.processors.add_log_level,
+        stamper,
+        tracer,
+    ]
+
+
+def configure_logging(
+    settings: Settings | None = None,
+    *,
+    stream: TextIO | None = None,
+    colors: bool | None = None,
+) -> None:
+    """Configure structlog and the standard library for the whole process.
+
+    Production (``settings.is_production``) writes one JSON object per line with the
+    keys ``event``, ``level``, ``timestamp`` (ISO-8601 UTC, ``Z``), ``logger``,
+    ``request_id``, ``trace_id``/``span_id`` when a span is active, and bound keys; any
+    other environment writes coloured console lines. ``settings.log_level`` filters both
+    structlog events and stdlib records. The root logger gets one handler; server
+    loggers (uvicorn, gunicorn, hypercorn) lose theirs and propagate to it, so their
+    lines are formatted and redacted the same way. Calling it again replaces the
+    previous configuration instead of adding to it.
+
+    Args:
+        settings: defaults to `Settings.from_env()`.
+        stream: where lines go; standard output (looked up at write time) by default.
+        colors: console colours in development; by default only when `stream` is a tty.
+    """
+    if settings is None:
+        settings = Settings.from_env()
+    level = logging.getLevelName(settings.log_level)
+    if not isinstance(level, int):
+        level = logging.INFO
+
+    sink = _Sink(stream, threading.RLock())
+    renderer: Processor
+    if settings.is_production:
+        renderer = structlog.processors.JSONRenderer(serializer=json_dumps)
+    else:
+        if colors is None:
+            target = stream if stream is not None else sys.stdout
+            try:
+                colors = bool(target.isatty())
+            except Exception:
+                colors = False
+        renderer = structlog.dev.ConsoleRenderer(colors=colors)
+
+    redactor, stamper, tracer = PIIRedactor(), UTCTimeStamper(), TraceContextAdder()
+    shared = _shared_processors(redactor, stamper, tracer)
+    processors = [*shared, renderer]
+    wrapper_class = structlog.make_filtering_bound_logger(level)
+    structlog.configure(
+        processors=processors,
+        wrapper_class=wrapper_class,
+        logger_factory=_logger_factory,
+        context_class=dict,
+        # No caching: a reconfiguration (or structlog.testing.capture_logs) must reach
+        # loggers that already logged; it costs about a microsecond per line.
+        cache_logger_on_first_use=False,
+    )
+
+    handler = _RootHandler(sink)
+    handler.setLevel(level)  # records propagated from server loggers skip root's level
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _RootHandler)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    for name in SERVER_LOGGERS:
+        server_logger = logging.getLogger(name)
+        if not server_logger.handlers and not server_logger.propagate:
+            # Switched off on purpose (``uvicorn --no-access-log``): keep it off.
+            continue
+        server_logger.handlers.clear()
+        server_logger.propagate = True
+        server_logger.setLevel(logging.NOTSET)
+    _state.sink = sink
+    _state.production = (
+        _Production(
+            processors, wrapper_class, level, redactor=redactor, stamper=stamper, tracer=tracer
+        )
+        if settings.is_production
+        else None
+    )
+
+
+def write_event(
+    name: str, method_name: str, event: str, fields: dict[str, Any], *, plain_keys: bool = False
+) -> bool:
+    """Log `event` with `fields` as ``get_logger(name).<method_name>(event, **fields)``
+    would, cheaper; or do nothing and return False when that cannot be guaranteed.
+
+    It applies while the production configuration of the last `configure_logging` call
+    is in force, and produces the same line: the same processors (context merge,
+    exception rendering, redaction, logger name, level, timestamp, trace ids) are
+    applied to the same event dict in the same order, the JSON is encoded with the
+    renderer's settings and the line goes to the same sink. What is skipped is
+    structlog's bound-logger machinery (binding a logger, copying its context, the
+    keyword-argument round trip) and the per-line construction of a JSON encoder; with
+    `plain_keys` (the caller vouches that no key of `fields` is sensitive or a
+    ProcessorFormatter internal, so their values are redacted without looking the keys
+    up) the processors are applied inline.
+
+    Under any other configuration (development console, ``capture_logs``, a direct
+    ``structlog.configure``) it returns False and leaves `fields` untouched: use the
+    logger then. `fields` becomes the event dict (it is changed in place). Exceptions of
+    the processors propagate, as they would from the logger.
+    """
+    production = _state.production
+    if production is None:
+        return False
+    config = structlog.get_config()
+    if (
+        config["processors"] != production.processors
+        or config["wrapper_class"] is not production.wrapper_class
+        or config["logger_factory"] is not _logger_factory
+        or config["context_class"] is not dict
+    ):
+        return False
+    if method_name not in production.enabled:
+        # Below the level: dropped, as the configured wrapper class would. Aliases
+        # (``warn``, ``exception``, ...) are left to the logger.
+        return method_name in _METHOD_LEVELS
+    logger = _loggers.get(name) or _logger_factory(name)
+    event_dict: Any = None
+    if plain_keys:
+        event_dict = _process_plain(production, logger, method_name, event, fields)
+    if event_dict is None:  # the general case: every processor, one after the other
+        fields["event"] = event
+        event_dict = fields
+        try:
+            for processor in production.head:
+                event_dict = processor(logger, method_name, event_dict)
+        except structlog.DropEvent:
+            return True
+    line: Any = None
+    if (
+        _SANITIZED_ENCODER is not None
+        and "_record" not in event_dict
+        and "_from_structlog" not in event_dict
+    ):
+        try:
+            line = "".join(_SANITIZED_ENCODER(event_dict, 0))
+        except Exception:  # not what PIIRedactor leaves: the renderer decides
+            line = None
+    if line is None:
+        line = production.renderer(logger, method_name, event_dict)
+    _state.sink.write(line)
+    return True
+
+
+# Bound keys that make a processor other than redaction act: left to the general path.
+_SPECIAL_KEYS = frozenset({"exc_info", "stack_info", "_record", "_from_structlog"})
+_PREFIX = structlog.contextvars.STRUCTLOG_KEY_PREFIX
+_PREFIX_LENGTH = len(_PREFIX)
+
+
+def _process_plain(
+    production: _Production,
+    logger: StreamLogger,
+    method_name: str,
+    event: str,
+    fields: dict[str, Any],
+) -> EventDict | None:
+    """The processors of `production.head` applied inline to an event whose own keys
+    are plain; None (and `fields` untouched) when a bound key needs the general path.
+
+    Step by step what the chain does: ``merge_contextvars`` adds the bound keys missing
+    from the event (after ``event``, in the context's order); nothing to format without
+    ``exc_info``/``stack_info``; `PIIRedactor` redacts each value, which for plain keys
+    needs no key lookup; then ``logger`` and ``level`` (our method names are their own
+    level names), the timestamp, and trace ids only when ``span_id`` is absent.
+    """
+    bound: dict[str, Any] | None = None
+    for var, value in contextvars.copy_context().items():
+        var_name = var.name
+        if var_name.startswith(_PREFIX) and value is not Ellipsis:
+            key = var_name[_PREFIX_LENGTH:]
+            if key not in fields and key != "event":
+                if bound is None:
+                    bound = {}
+                bound.setdefault(key, value)
+    if bound is not None and not _SPECIAL_KEYS.isdisjoint(bound):
+        return None
+    fields["event"] = event
+    redact_plain_values(fields)
+    if bound is not None:
+        fields.update(production.redactor(logger, method_name, bound))
+    fields["logger"] = logger.name
+    fields["level"] = method_name
+    event_dict = production.stamper(logger, method_name, fields)
+    if "span_id" not in event_dict:
+        event_dict = production.tracer(logger, method_name, event_dict)
+    return event_dict
+
+
+def get_logger(name: str | None = None) -> FilteringBoundLogger:
+    """A structlog logger; `name` (default: the caller's module) becomes the ``logger`` key."""
+    if name is None:
+        name = _caller_module(2)
+    logger: FilteringBoundLogger = structlog.get_logger(name)
+    return logger
+
+
+def bind_request_id(request_id: str) -> None:
+    """Bind `request_id` for every following log line in this context.
+
+    `RequestIdMiddleware` does this (and undoes it) per request; call it yourself in
+    background jobs or consumers that have their own notion of a request.
+    """
+    request_id_var.set(request_id)
+    bind_contextvars(request_id=request_id)
+
+
+def clear_context() -> None:
+    """Drop every key bound into structlog's contextvars, and the request id."""
+    clear_contextvars()
+    request_id_var.set(None)

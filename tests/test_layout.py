@@ -1,0 +1,89 @@
+"""The package's layout rules, checked on its source: no private names across modules,
+no import cycles between modules."""
+
+from __future__ import annotations
+
+import ast
+import itertools
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "asgi_observe"
+
+
+def _modules() -> dict[str, ast.Module]:
+    found = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        found[".".join(parts)] = ast.parse(path.read_text(encoding="utf-8"))
+    return found
+
+
+def _module_level_imports(tree: ast.Module) -> list[ast.ImportFrom | ast.Import]:
+    """Imports at module level, those under ``if TYPE_CHECKING:`` included (a cycle
+    hidden from the interpreter is still two modules that need each other); imports
+    inside functions are left out."""
+    imports: list[ast.ImportFrom | ast.Import] = []
+    pending: list[ast.stmt] = list(tree.body)
+    while pending:
+        node = pending.pop()
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            imports.append(node)
+        elif isinstance(node, ast.If | ast.Try):
+            pending.extend(node.body)
+            pending.extend(node.orelse)
+    return imports
+
+
+def test_no_module_imports_an_underscore_name_of_another() -> None:
+    offenders = []
+    for name, tree in _modules().items():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module != "__future__":
+                for alias in node.names:
+                    if alias.name.startswith("_") and not alias.name.startswith("__"):
+                        offenders.append(f"{name}: from {node.module} import {alias.name}")
+    assert offenders == []
+
+
+def test_no_import_cycles_between_modules() -> None:
+    modules = _modules()
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for name, tree in modules.items():
+        for node in _module_level_imports(tree):
+            targets = (
+                [alias.name for alias in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""] + [f"{node.module}.{alias.name}" for alias in node.names]
+            )
+            for target in targets:
+                if target in modules and target != name and not name.startswith(target + "."):
+                    graph[name].add(target)
+    cycles = []
+    state: dict[str, int] = {}
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                cycles.append(" -> ".join([*path[path.index(nxt) :], nxt]))
+            elif nxt not in state:
+                visit(nxt, [*path, nxt])
+        state[node] = 2
+
+    for start in sorted(graph):
+        if start not in state:
+            visit(start, [start])
+    # A package's __init__ importing its own submodules is how it exports names; what
+    # must not happen is two modules that each need the other.
+    real = [cycle for cycle in cycles if not _through_own_package(cycle)]
+    assert real == []
+
+
+def _through_own_package(cycle: str) -> bool:
+    nodes = cycle.split(" -> ")
+    return any(
+        later.startswith(earlier + ".") or earlier.startswith(later + ".")
+        for earlier, later in itertools.pairwise(nodes)
+    )
