@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: install realparts run test lint format bench stack-up stack-down clean
+.PHONY: install realparts run test lint format bench stack-up stack-down k8s clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,11 @@ stack-up:
 
 stack-down:
 	@bash scripts/run.sh stop
+
+# deploy/kubernetes/generated/ from compose/prometheus/alerts.yml, grafana/dashboards/ and
+# compose/otel-collector/config.yaml (see docs/deploy.md).
+k8s: install
+	$(BIN)/python scripts/gen_k8s.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache build dist *.egg-info

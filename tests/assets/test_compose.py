@@ -291,7 +291,10 @@ def test_collector_pipelines_reference_defined_components(
     assert protocols["grpc"]["endpoint"] == "0.0.0.0:4317"
     assert protocols["http"]["endpoint"] == "0.0.0.0:4318"
     jaeger = config["exporters"]["otlp/jaeger"]
-    assert jaeger["endpoint"] == "jaeger:4317"
+    # The same file serves Kubernetes (tests/deploy), so the backend comes from the
+    # environment; compose points it at its Jaeger.
+    assert jaeger["endpoint"] == "${env:TRACES_BACKEND_ENDPOINT}"
+    assert environment(services["otel-collector"])["TRACES_BACKEND_ENDPOINT"] == "jaeger:4317"
     assert jaeger["tls"]["insecure"] is True
     assert "debug" in config["exporters"]
 
