@@ -13,6 +13,7 @@ import re
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from importlib.metadata import entry_points
 from typing import Literal
 
 from asgi_observe.net import IPNetwork, parse_networks
@@ -37,6 +38,26 @@ _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 _LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG", "NOTSET")
 _PROTOCOLS = ("grpc", "http/protobuf")
+_COMPRESSIONS = ("gzip", "none")
+
+DEFAULT_SAMPLER = "parentbased_traceidratio"
+"""With the default ratio of 1.0 the same decisions as the spec's ``parentbased_always_on``."""
+
+BUILTIN_SAMPLERS = frozenset(
+    {
+        "always_on",
+        "always_off",
+        "traceidratio",
+        "parentbased_always_on",
+        "parentbased_always_off",
+        "parentbased_traceidratio",
+    }
+)
+"""The ``OTEL_TRACES_SAMPLER`` values the OpenTelemetry specification defines and the
+Python SDK implements; other names must be registered as an
+``opentelemetry_traces_sampler`` entry point, as the SDK allows."""
+
+SAMPLER_ENTRY_POINTS = "opentelemetry_traces_sampler"
 _SECRET_FIELDS = frozenset({"metrics_token", "otlp_headers"})
 _URL_FIELDS = frozenset({"database_url", "redis_url"})
 
@@ -100,6 +121,45 @@ def _parse_excluded(name: str, value: str) -> tuple[str, ...]:
     return patterns
 
 
+def _parse_otel_bool(name: str, value: str) -> bool:
+    """The specification's booleans: ``true`` or ``false``, in any letter case.
+
+    The spec reads anything else as false with a warning; a value such as ``1`` or
+    ``yes`` is refused here instead, since it reads as true to the person who wrote it.
+    """
+    lowered = value.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    raise _invalid(name, value, "expected true or false (OpenTelemetry booleans)")
+
+
+def _check_sampler(name: str, value: str) -> None:
+    if value in BUILTIN_SAMPLERS or entry_points(group=SAMPLER_ENTRY_POINTS, name=value):
+        return
+    raise _invalid(
+        name,
+        value,
+        f"expected one of {', '.join(sorted(BUILTIN_SAMPLERS))} or the name of an installed "
+        f"{SAMPLER_ENTRY_POINTS} entry point",
+    )
+
+
+def _parse_compression(name: str, value: str) -> Literal["gzip", "none"]:
+    lowered = value.strip().lower()
+    if lowered == "gzip":
+        return "gzip"
+    if lowered == "none":
+        return "none"
+    raise _invalid(name, value, f"expected one of {', '.join(_COMPRESSIONS)}")
+
+
+def _parse_certificate(name: str, value: str) -> str:
+    path = value.strip()
+    if not os.path.isfile(path):
+        raise _invalid(name, value, "the certificate file does not exist")
+    return path
+
+
 def _parse_endpoint(name: str, value: str) -> str:
     endpoint = value.strip()
     if not endpoint or any(ch.isspace() for ch in endpoint):
@@ -156,7 +216,12 @@ class Settings:
     otlp_headers: tuple[tuple[str, str], ...] = ()
     otlp_insecure: bool | None = None
     otlp_timeout: float | None = None
+    otlp_traces_endpoint: str | None = None
+    otlp_compression: Literal["gzip", "none"] | None = None
+    otlp_certificate: str | None = None
+    sampler: str = DEFAULT_SAMPLER
     sampler_ratio: float = 1.0
+    sdk_disabled: bool = False
     excluded_urls: tuple[str, ...] = DEFAULT_EXCLUDED_URLS
     prometheus_multiproc_dir: str | None = None
     database_url: str | None = None
@@ -177,6 +242,13 @@ class Settings:
             )
         if not 0.0 <= self.sampler_ratio <= 1.0:
             raise _invalid("OTEL_TRACES_SAMPLER_ARG", str(self.sampler_ratio), "expected 0.0-1.0")
+        if self.otlp_compression not in (None, *_COMPRESSIONS):
+            raise _invalid(
+                "OTEL_EXPORTER_OTLP_COMPRESSION",
+                str(self.otlp_compression),
+                f"expected one of {', '.join(_COMPRESSIONS)}",
+            )
+        _check_sampler("OTEL_TRACES_SAMPLER", self.sampler)
 
     @property
     def is_production(self) -> bool:
@@ -220,18 +292,17 @@ class Settings:
                 "LOG_LEVEL", env.get("LOG_LEVEL", ""), f"expected one of {', '.join(_LOG_LEVELS)}"
             )
 
-        protocol = (
-            get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
-            or get("OTEL_EXPORTER_OTLP_PROTOCOL")
-            or "grpc"
-        ).strip()
+        def otlp(option: str) -> tuple[str, str | None]:
+            """(variable, value) of an exporter option: the signal-specific
+            ``OTEL_EXPORTER_OTLP_TRACES_<option>`` wins over the generic one."""
+            specific = f"OTEL_EXPORTER_OTLP_TRACES_{option}"
+            name = specific if get(specific) else f"OTEL_EXPORTER_OTLP_{option}"
+            return name, get(name)
+
+        protocol_var, protocol_value = otlp("PROTOCOL")
+        protocol = (protocol_value or "grpc").strip()
         if protocol not in _PROTOCOLS:
-            var = (
-                "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"
-                if get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
-                else "OTEL_EXPORTER_OTLP_PROTOCOL"
-            )
-            raise _invalid(var, protocol, f"expected one of {', '.join(_PROTOCOLS)}")
+            raise _invalid(protocol_var, protocol, f"expected one of {', '.join(_PROTOCOLS)}")
 
         # The instrumentation-specific variables win over the generic one, as in
         # opentelemetry-python-contrib's util.http.get_excluded_urls.
@@ -260,30 +331,18 @@ class Settings:
         if multiproc is not None and not os.path.isdir(multiproc):
             raise _invalid("PROMETHEUS_MULTIPROC_DIR", multiproc, "the directory does not exist")
 
-        endpoint_var = (
-            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
-            if get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-            else "OTEL_EXPORTER_OTLP_ENDPOINT"
-        )
-        endpoint = get(endpoint_var)
-        insecure_var = (
-            "OTEL_EXPORTER_OTLP_TRACES_INSECURE"
-            if get("OTEL_EXPORTER_OTLP_TRACES_INSECURE")
-            else "OTEL_EXPORTER_OTLP_INSECURE"
-        )
-        insecure = get(insecure_var)
-        timeout_var = (
-            "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT"
-            if get("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT")
-            else "OTEL_EXPORTER_OTLP_TIMEOUT"
-        )
-        timeout = get(timeout_var)
-        headers_var = (
-            "OTEL_EXPORTER_OTLP_TRACES_HEADERS"
-            if get("OTEL_EXPORTER_OTLP_TRACES_HEADERS")
-            else "OTEL_EXPORTER_OTLP_HEADERS"
-        )
-        headers = get(headers_var)
+        # The generic endpoint is a base URL (OTLP/HTTP appends /v1/traces); the
+        # signal-specific one is used exactly as given (OTLP exporter specification).
+        endpoint = get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        traces_endpoint = get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        compression_var, compression = otlp("COMPRESSION")
+        certificate_var, certificate = otlp("CERTIFICATE")
+        insecure_var, insecure = otlp("INSECURE")
+        timeout_var, timeout = otlp("TIMEOUT")
+        headers_var, headers = otlp("HEADERS")
+        sampler = (get("OTEL_TRACES_SAMPLER") or DEFAULT_SAMPLER).strip().lower()
+        _check_sampler("OTEL_TRACES_SAMPLER", sampler)
+        disabled = get("OTEL_SDK_DISABLED")
 
         enable = get("ENABLE_METRICS")
         port = get("METRICS_INTERNAL_PORT")
@@ -309,10 +368,25 @@ class Settings:
             resource_attributes=()
             if attributes is None
             else _parse_key_values("OTEL_RESOURCE_ATTRIBUTES", attributes),
-            otlp_endpoint=None if endpoint is None else _parse_endpoint(endpoint_var, endpoint),
+            otlp_endpoint=None
+            if endpoint is None
+            else _parse_endpoint("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+            otlp_traces_endpoint=None
+            if traces_endpoint is None
+            else _parse_endpoint("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", traces_endpoint),
+            otlp_compression=None
+            if compression is None
+            else _parse_compression(compression_var, compression),
+            otlp_certificate=None
+            if certificate is None
+            else _parse_certificate(certificate_var, certificate),
+            sampler=sampler,
+            sdk_disabled=False
+            if disabled is None
+            else _parse_otel_bool("OTEL_SDK_DISABLED", disabled),
             otlp_protocol="grpc" if protocol == "grpc" else "http/protobuf",
             otlp_headers=() if headers is None else _parse_key_values(headers_var, headers),
-            otlp_insecure=None if insecure is None else _parse_bool(insecure_var, insecure),
+            otlp_insecure=None if insecure is None else _parse_otel_bool(insecure_var, insecure),
             otlp_timeout=None if timeout is None else _parse_timeout(timeout_var, timeout),
             sampler_ratio=1.0 if ratio is None else _parse_ratio("OTEL_TRACES_SAMPLER_ARG", ratio),
             excluded_urls=excluded,

@@ -9,7 +9,9 @@ responses the stack itself generates.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,12 +23,17 @@ from asgi_observe._lifespan import Hook, LifespanHooks, StartupAbortedError
 from asgi_observe.logs.access import AccessLogMiddleware
 from asgi_observe.metrics.exposition import metrics_app
 from asgi_observe.metrics.http import MetricsMiddleware
-from asgi_observe.metrics.internal import InternalMetricsServer
+from asgi_observe.metrics.internal import (
+    InternalMetricsServer,
+    sibling_holds_port,
+    worker_supervisor,
+)
 from asgi_observe.metrics.legacy import legacy_metrics_app
 from asgi_observe.request_id import RequestIdMiddleware
 from asgi_observe.routes import ROUTE_SCOPE_KEY, SUBROUTE_SCOPE_KEY
 from asgi_observe.settings import Settings
-from asgi_observe.tracing import TracingMiddleware, setup_tracing, shutdown_tracing
+from asgi_observe.tracing import TracingMiddleware, setup_tracing
+from asgi_observe.tracing.setup import flush_tracing
 from asgi_observe.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = [
@@ -71,15 +78,26 @@ class PathDispatch:
             if self._health is not None and (
                 path == HEALTH_PATH or path.startswith(HEALTH_PATH + "/")
             ):
-                await self._serve_health(self._health, scope, receive, send)
+                await self._serve_health(self._health, path, scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
     @staticmethod
-    async def _serve_health(health: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
-        """Mount `health` at ``/health`` the way Starlette's ``Mount`` does (root_path)."""
+    async def _serve_health(
+        health: ASGIApp, path: str, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        """Mount `health` at ``/health`` the way Starlette's ``Mount`` does (root_path).
+
+        `path` is the request's path below ``root_path`` (`relative_path`, which accepts
+        both server conventions). The child scope always follows the ASGI spec's:
+        ``path`` is ``root_path`` + the rest, so the health app finds its sub-path with the
+        same rule whether the server kept the prefix in ``path`` (uvicorn) or not
+        (hypercorn ``--root-path`` behind a prefix-stripping proxy).
+        """
+        root = scope.get("root_path", "")
         child = dict(scope)
-        child["root_path"] = scope.get("root_path", "") + HEALTH_PATH
+        child["root_path"] = root + HEALTH_PATH
+        child["path"] = root + path
 
         async def send_naming_route(message: Message) -> None:
             # Named as the response starts: metrics record before the last body byte.
@@ -116,21 +134,44 @@ class ObservedApp:
 def _starting_listener(server: InternalMetricsServer, *, shared: bool) -> Hook:
     """Start the internal metrics listener; a port that cannot be bound stops start-up.
 
-    With ``PROMETHEUS_MULTIPROC_DIR`` every worker serves the same aggregated view, so
-    the first worker to bind the port serves it and the others carry on without it.
+    Under a multi-worker server (uvicorn ``--workers``, gunicorn) every worker tries to
+    bind the port: the first one serves it, and a worker whose bind fails with
+    EADDRINUSE because a *sibling worker* holds the port (`sibling_holds_port`) logs
+    that once, at info, and serves on. Any other failure, a foreign process on the port
+    included, stops start-up with a message naming ``METRICS_INTERNAL_PORT``. Without
+    ``PROMETHEUS_MULTIPROC_DIR`` the serving worker's figures are its own only, which it
+    says in one warning.
     """
 
     async def start_internal_metrics() -> None:
         try:
             await server.start()
         except OSError as exc:
-            if shared:
+            if exc.errno == errno.EADDRINUSE and await asyncio.to_thread(
+                sibling_holds_port, server.port
+            ):
                 logger.info(
-                    "asgi_observe: another worker serves the internal metrics port (%s)", exc
+                    "asgi_observe: another worker of this server serves the internal metrics "
+                    "port %s:%d (METRICS_INTERNAL_PORT); this worker serves the app only",
+                    server.host,
+                    server.port,
                 )
                 return
             msg = f"METRICS_INTERNAL_PORT: the internal metrics listener cannot start: {exc}"
             raise StartupAbortedError(msg) from exc
+        if not shared:
+            supervisor = await asyncio.to_thread(worker_supervisor)
+            if supervisor is not None:
+                logger.warning(
+                    "asgi_observe: this worker (pid %d) serves the internal metrics port "
+                    "%s:%d (METRICS_INTERNAL_PORT) for all %s workers, with its own figures "
+                    "only; set PROMETHEUS_MULTIPROC_DIR to a directory shared by the workers "
+                    "to serve figures aggregated across all of them",
+                    os.getpid(),
+                    server.host,
+                    server.port,
+                    supervisor,
+                )
 
     return start_internal_metrics
 
@@ -203,11 +244,13 @@ def instrument(
     provider = setup_tracing(settings) if own_provider else tracer_provider
     if own_provider:
 
-        async def flush_tracing() -> None:
-            # A black-holed collector must not hold the shutdown: bounded, off the loop.
-            await asyncio.to_thread(shutdown_tracing, provider)
+        async def flush_spans() -> None:
+            # Flushed, not shut down: the app may start again in this process (test
+            # suites do), and the provider is shut down once, at exit. A black-holed
+            # collector must not hold the shutdown: bounded, off the loop.
+            await asyncio.to_thread(flush_tracing, provider)
 
-        shutdown.append(flush_tracing)
+        shutdown.append(flush_spans)
 
     stack: ASGIApp = PathDispatch(app, endpoints=endpoints, health=health)
     stack = AccessLogMiddleware(stack, trusted_proxies=settings.trusted_proxies)
@@ -217,12 +260,13 @@ def instrument(
             registry=registry,
             multiprocess=settings.prometheus_multiproc_dir is not None,
         )
-    stack = TracingMiddleware(
-        stack,
-        tracer_provider=provider,
-        excluded_urls=settings.excluded_urls,
-        trusted_proxies=settings.trusted_proxies,
-    )
+    if not settings.sdk_disabled:  # OTEL_SDK_DISABLED: no spans, nothing else changes
+        stack = TracingMiddleware(
+            stack,
+            tracer_provider=provider,
+            excluded_urls=settings.excluded_urls,
+            trusted_proxies=settings.trusted_proxies,
+        )
     stack = RequestIdMiddleware(stack)
     stack = LifespanHooks(stack, startup=startup, shutdown=shutdown)
     return ObservedApp(

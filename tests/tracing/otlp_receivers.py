@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import ssl
 import threading
 import zlib
 from collections.abc import Iterator
@@ -101,8 +102,14 @@ class Receiver:
 
 
 @contextlib.contextmanager
-def http_receiver() -> Iterator[Receiver]:
-    """OTLP/HTTP: ``POST /v1/traces`` with a protobuf body, gzip or deflate accepted."""
+def http_receiver(
+    path: str = "/v1/traces", tls: ssl.SSLContext | None = None
+) -> Iterator[Receiver]:
+    """OTLP/HTTP: ``POST <path>`` with a protobuf body, gzip or deflate accepted.
+
+    Each request's headers are recorded, with its path under ``:path``. With `tls` (a
+    server context) it serves HTTPS and its endpoint is an ``https://`` URL.
+    """
     receiver = Receiver(endpoint="")
 
     class Handler(BaseHTTPRequestHandler):
@@ -113,13 +120,14 @@ def http_receiver() -> Iterator[Receiver]:
                 body = gzip.decompress(body)
             elif encoding == "deflate":
                 body = zlib.decompress(body)
-            if self.path != "/v1/traces":
+            if self.path != path:
                 self.send_response(404)
                 self.end_headers()
                 return
             request = trace_service_pb2.ExportTraceServiceRequest()
             request.ParseFromString(body)
-            receiver.add(request, {k.lower(): v for k, v in self.headers.items()})
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            receiver.add(request, {**headers, ":path": self.path})
             payload = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
             self.send_response(200)
             self.send_header("Content-Type", "application/x-protobuf")
@@ -132,7 +140,11 @@ def http_receiver() -> Iterator[Receiver]:
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
-    receiver.endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+    scheme = "http"
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
+        scheme = "https"
+    receiver.endpoint = f"{scheme}://127.0.0.1:{server.server_address[1]}"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -144,8 +156,9 @@ def http_receiver() -> Iterator[Receiver]:
 
 
 @contextlib.contextmanager
-def grpc_receiver() -> Iterator[Receiver]:
-    """OTLP/gRPC: a ``TraceService`` on an insecure loopback port."""
+def grpc_receiver(tls: tuple[bytes, bytes] | None = None) -> Iterator[Receiver]:
+    """OTLP/gRPC: a ``TraceService`` on a loopback port; insecure, or TLS with
+    `tls` = (private key PEM, certificate PEM), then its endpoint is ``https://``."""
     receiver = Receiver(endpoint="")
 
     class Servicer(trace_service_pb2_grpc.TraceServiceServicer):
@@ -157,9 +170,13 @@ def grpc_receiver() -> Iterator[Receiver]:
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Servicer(), server)  # type: ignore[no-untyped-call]
-    port = server.add_insecure_port("127.0.0.1:0")
+    if tls is None:
+        port = server.add_insecure_port("127.0.0.1:0")
+    else:
+        credentials = grpc.ssl_server_credentials([tls])
+        port = server.add_secure_port("127.0.0.1:0", credentials)
     server.start()
-    receiver.endpoint = f"http://127.0.0.1:{port}"
+    receiver.endpoint = f"{'http' if tls is None else 'https'}://127.0.0.1:{port}"
     try:
         yield receiver
     finally:

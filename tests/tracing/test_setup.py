@@ -58,12 +58,18 @@ def test_resource_service_name_from_resource_attributes_beats_the_default() -> N
     assert "service.version" not in build_resource(Settings()).attributes
 
 
-def test_resource_ignores_the_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "leak=yes")
+def test_resource_merges_the_environment_as_specified(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "k8s.pod.name=web-1,team=env")
     monkeypatch.setenv("OTEL_SERVICE_NAME", "from-env")
-    attributes = build_resource(Settings(service_name="explicit")).attributes
-    assert attributes["service.name"] == "explicit"
-    assert "leak" not in attributes
+    monkeypatch.setenv("OTEL_EXPERIMENTAL_RESOURCE_DETECTORS", "otel,process,host")
+    attributes = build_resource(
+        Settings(service_name="explicit", resource_attributes=(("team", "core"),))
+    ).attributes
+    assert attributes["service.name"] == "explicit"  # the settings' values win...
+    assert attributes["team"] == "core"
+    assert attributes["k8s.pod.name"] == "web-1"  # ...and the environment is merged
+    assert attributes["process.pid"] == os.getpid()  # detectors ran
+    assert attributes["host.name"]
 
 
 @pytest.mark.parametrize("ratio", [0.0, 0.1, 1.0])
@@ -106,12 +112,24 @@ def test_exporter_follows_the_protocol_and_explicit_settings(
     assert http_exporter._endpoint == "http://collector:4318/v1/traces"
     http_exporter.shutdown()  # type: ignore[no-untyped-call]
 
-    kept = build_exporter(
+    # The generic endpoint is a base URL, even one that already ends in /v1/traces...
+    generic = build_exporter(
         Settings(otlp_endpoint="http://collector:4318/v1/traces", otlp_protocol="http/protobuf")
     )
-    assert isinstance(kept, HTTPSpanExporter)
-    assert kept._endpoint == "http://collector:4318/v1/traces"
-    kept.shutdown()  # type: ignore[no-untyped-call]
+    assert isinstance(generic, HTTPSpanExporter)
+    assert generic._endpoint == "http://collector:4318/v1/traces/v1/traces"
+    generic.shutdown()  # type: ignore[no-untyped-call]
+    # ...while the signal-specific one is used exactly as given.
+    specific = build_exporter(
+        Settings(
+            otlp_endpoint="http://collector:4318",
+            otlp_traces_endpoint="https://c/custom/traces",
+            otlp_protocol="http/protobuf",
+        )
+    )
+    assert isinstance(specific, HTTPSpanExporter)
+    assert specific._endpoint == "https://c/custom/traces"
+    specific.shutdown()  # type: ignore[no-untyped-call]
 
 
 def test_each_call_builds_its_own_provider() -> None:
