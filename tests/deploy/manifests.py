@@ -94,3 +94,9 @@ def gen_k8s() -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def uvicorn_script(spec: dict[str, Any]) -> str:
+    """The `sh -c` script of a container (its args joined), whitespace normalised."""
+    assert spec["command"] == ["/bin/sh", "-c"]
+    return " ".join(" ".join(spec["args"]).split())
