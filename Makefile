@@ -18,12 +18,18 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
+# `make run` needs the library and the example's frameworks only, not the dev tools.
+RUN_STAMP := $(VENV)/.installed-run
+$(RUN_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[examples]'
+	touch $(RUN_STAMP)
+
 # Real Prometheus, Redis, PostgreSQL and wrk for the test suite (see docs/testing.md).
 realparts:
 	@bash scripts/install_realparts.sh
 	@bash scripts/install_grafana_schema.sh
 
-run: install
+run: $(RUN_STAMP)
 	@bash scripts/run.sh serve
 
 test: install realparts

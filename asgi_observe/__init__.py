@@ -6,6 +6,8 @@ the right order. The names below are the public API.
 
 from __future__ import annotations
 
+__version__ = "0.1.0"
+
 from asgi_observe import checks
 from asgi_observe.health import HealthApp
 from asgi_observe.logs import (

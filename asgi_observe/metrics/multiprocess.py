@@ -27,7 +27,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import psutil
 from prometheus_client import multiprocess
 
 from asgi_observe.settings import Settings
@@ -51,6 +50,8 @@ def mark_process_dead(pid: int, path: str | os.PathLike[str]) -> None:
 
 
 def _running(pid: int) -> bool:
+    import psutil  # only multiprocess set-ups pay for the import
+
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:

@@ -2,14 +2,19 @@
 
 | metric | meaning |
 | --- | --- |
-| ``<ns>_system_cpu_percent`` | CPU busy since the previous scrape, % of the cgroup CPU limit if any |
+| ``<ns>_system_cpu_percent`` | CPU busy over the last minute, % of the cgroup CPU limit if any |
 | ``<ns>_system_memory_percent`` | memory in use, % of the cgroup memory limit if any |
 | ``<ns>_system_disk_percent`` | used space of the filesystem holding ``disk_path`` |
 | ``<ns>_system_process_resident_memory_bytes`` | resident set size of the scraped process |
 | ``<ns>_system_process_open_fds`` | open file descriptors of the scraped process |
 | ``<ns>_system_process_threads`` | threads of the scraped process |
 
-Nothing runs between scrapes: no thread, no timer. Under a cgroup v2 limit (a container
+Nothing runs between scrapes: no thread, no timer. The CPU figure covers a fixed trailing
+window (60 s by default, measured from the newest reading at least that old), not "since
+the previous scrape": two Prometheus replicas scraping the same target, or a person
+curling it, get the same figure and do not shorten each other's interval. The standard
+``process_*`` collectors of prometheus-client stay registered, so the same figures can
+be computed in PromQL (``rate(process_cpu_seconds_total[1m])``). Under a cgroup v2 limit (a container
 with ``--memory``/``--cpus``, a Kubernetes pod with limits) the percentages are of the
 limit, which is what will throttle or kill the service; the host's figure is reported
 only when there is no limit. The ``system_process_`` names avoid prometheus-client's own
@@ -22,23 +27,72 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Hashable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import psutil
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from asgi_observe.metrics._per_registry import PerRegistry
 
-__all__ = ["SystemCollector", "register_system_metrics", "system_collectors_for"]
+if TYPE_CHECKING:
+    import psutil
+
+__all__ = [
+    "DEFAULT_CPU_WINDOW",
+    "CPUWindow",
+    "SystemCollector",
+    "register_system_metrics",
+    "system_collectors_for",
+]
 
 logger = logging.getLogger("asgi_observe")
 
 DEFAULT_CGROUP_ROOT = "/sys/fs/cgroup"
 
 _MIN_INTERVAL = 0.05  # scrapes closer than this reuse the previous CPU figure
+
+DEFAULT_CPU_WINDOW = 60.0
+"""Seconds of CPU history the percentage covers."""
+
+_SAMPLE_SPACING = 1.0  # readings closer than this to the previous one are not kept
+
+
+class CPUWindow:
+    """CPU busy share over a fixed trailing window, from cumulative readings.
+
+    Each reading is ``(time, busy, available)`` with cumulative busy and available
+    CPU-seconds. The share is measured against the newest kept reading that is at least
+    `window` seconds old (the oldest one until the window has filled), so how often it
+    is read does not change what it reports. Readings are kept at least one second
+    apart and pruned once older than the baseline: memory is bounded by the window.
+    """
+
+    def __init__(self, window: float = DEFAULT_CPU_WINDOW) -> None:
+        self.window = window
+        self._readings: deque[tuple[float, float, float]] = deque(
+            maxlen=int(window / _SAMPLE_SPACING) + 2
+        )
+        self._last_percent = 0.0
+
+    def add(self, now: float, busy: float, available: float) -> float:
+        """Record a reading and return the share (0-100); 0 until an interval has passed."""
+        readings = self._readings
+        if readings and now - readings[-1][0] < _MIN_INTERVAL:
+            return self._last_percent
+        if not readings or now - readings[-1][0] >= _SAMPLE_SPACING:
+            readings.append((now, busy, available))
+        while len(readings) > 1 and readings[1][0] <= now - self.window:
+            readings.popleft()
+        base_time, base_busy, base_available = readings[0]
+        if now - base_time < _MIN_INTERVAL or available - base_available <= 0:
+            return self._last_percent
+        percent = (busy - base_busy) / (available - base_available) * 100.0
+        self._last_percent = max(0.0, min(100.0, percent))
+        return self._last_percent
 
 
 def _read_text(path: Path) -> str | None:
@@ -110,6 +164,8 @@ def _own_cgroup(root: Path, proc_cgroup: Path) -> Path:
 
 
 def _cpu_busy_and_total() -> tuple[float, float]:
+    import psutil
+
     times = psutil.cpu_times()
     total = sum(times)
     # guest time is already counted in user/nice on Linux (as psutil.cpu_percent does).
@@ -129,10 +185,11 @@ class SystemCollector(Collector):
             to the root. Unreadable or missing files mean "no limit" (cgroup v1 hosts and
             macOS get the host's figures), never an error.
         proc_cgroup: the file naming this process' cgroup (a parameter for tests).
-        clock: monotonic clock in seconds for the cgroup CPU rate (a parameter for tests).
+        clock: monotonic clock in seconds for the CPU windows (a parameter for tests).
+        cpu_window: seconds of history the CPU percentage covers (see `CPUWindow`).
 
-    CPU is non-blocking: each scrape reports the busy share since the previous one (the
-    first is measured from construction). Every reading is independent: one that fails is
+    CPU is non-blocking: each scrape reports the busy share over the trailing window (from
+    construction until the window has filled). Every reading is independent: one that fails is
     left out of that scrape and logged at debug level, and the others are still reported.
     """
 
@@ -144,6 +201,7 @@ class SystemCollector(Collector):
         cgroup_root: str | os.PathLike[str] = DEFAULT_CGROUP_ROOT,
         proc_cgroup: str | os.PathLike[str] = "/proc/self/cgroup",
         clock: Callable[[], float] = time.monotonic,
+        cpu_window: float = DEFAULT_CPU_WINDOW,
     ) -> None:
         self.namespace = namespace
         self.disk_path = os.fspath(disk_path)
@@ -151,11 +209,12 @@ class SystemCollector(Collector):
         self._prefix = f"{namespace}_" if namespace else ""
         self._clock = clock
         self._cgroup = _own_cgroup(self.cgroup_root, Path(proc_cgroup))
-        self._process = psutil.Process()
+        self._own_process: psutil.Process | None = None
         self._lock = threading.Lock()
-        self._last_cpu_percent = 0.0
-        self._host_sample = self._sample_host_cpu()
-        self._cgroup_sample = self._sample_cgroup_cpu()
+        self._host_cpu = CPUWindow(cpu_window)
+        self._cgroup_cpu = CPUWindow(cpu_window)
+        self._record_host_cpu()
+        self._record_cgroup_cpu(self.cpu_limit())
 
     # -- cgroup ----------------------------------------------------------------------
 
@@ -176,6 +235,8 @@ class SystemCollector(Collector):
         ]
         if not limits:
             return None
+        import psutil
+
         return min(*limits, float(psutil.cpu_count() or 1))
 
     def memory_limit(self) -> int | None:
@@ -189,48 +250,42 @@ class SystemCollector(Collector):
 
     # -- CPU -------------------------------------------------------------------------
 
-    def _sample_host_cpu(self) -> tuple[float, float] | None:
+    def _record_host_cpu(self) -> float | None:
         try:
-            return _cpu_busy_and_total()
+            busy, total = _cpu_busy_and_total()
         except Exception:
             logger.debug("asgi_observe: cannot read host CPU times", exc_info=True)
             return None
+        return self._host_cpu.add(self._clock(), busy, total)
 
-    def _sample_cgroup_cpu(self) -> tuple[float, float] | None:
+    def _record_cgroup_cpu(self, limit: float | None) -> float | None:
+        """The cgroup's share of `limit` cores; None without a limit or a usage figure."""
+        if limit is None:
+            return None
         usage = _read_keyed(self._cgroup / "cpu.stat", "usage_usec")
         if usage is None:
             return None
-        return usage / 1_000_000, self._clock()
+        now = self._clock()
+        # Available CPU-seconds accumulate at `limit` per wall second.
+        return self._cgroup_cpu.add(now, usage / 1_000_000, now * limit)
+
+    def _process(self) -> psutil.Process:
+        if self._own_process is None:
+            import psutil
+
+            self._own_process = psutil.Process()
+        return self._own_process
 
     def cpu_percent(self) -> float | None:
-        """CPU busy since the previous call, as a percentage of the limit or of the host."""
+        """CPU busy over the trailing window, as a percentage of the limit or of the host.
+
+        Both figures are recorded on every call so that the window of each stays filled,
+        whichever is reported.
+        """
         with self._lock:
-            limit = self.cpu_limit()
-            if limit is not None:
-                sample = self._sample_cgroup_cpu()
-                previous = self._cgroup_sample
-                if sample is not None and previous is not None:
-                    elapsed = sample[1] - previous[1]
-                    if elapsed < _MIN_INTERVAL:
-                        return self._last_cpu_percent
-                    self._cgroup_sample = sample
-                    percent = (sample[0] - previous[0]) / (elapsed * limit) * 100.0
-                    self._last_cpu_percent = max(0.0, min(100.0, percent))
-                    return self._last_cpu_percent
-                self._cgroup_sample = sample  # usage unreadable: fall back to the host
-            host = self._sample_host_cpu()
-            previous_host = self._host_sample
-            if host is None:
-                return None
-            if previous_host is None or host[1] - previous_host[1] <= 0:
-                self._host_sample = host
-                return self._last_cpu_percent
-            if host[1] - previous_host[1] < _MIN_INTERVAL * (psutil.cpu_count() or 1):
-                return self._last_cpu_percent
-            self._host_sample = host
-            percent = (host[0] - previous_host[0]) / (host[1] - previous_host[1]) * 100.0
-            self._last_cpu_percent = max(0.0, min(100.0, percent))
-            return self._last_cpu_percent
+            host = self._record_host_cpu()
+            limited = self._record_cgroup_cpu(self.cpu_limit())
+            return limited if limited is not None else host
 
     # -- memory ----------------------------------------------------------------------
 
@@ -240,6 +295,8 @@ class SystemCollector(Collector):
         Under a limit, usage is ``memory.current`` minus reclaimable inactive page cache
         (``inactive_file`` of ``memory.stat``), as ``docker stats`` and the kubelet count it.
         """
+        import psutil
+
         limit = self.memory_limit()
         host = psutil.virtual_memory()
         if limit is not None and limit < host.total:
@@ -265,20 +322,22 @@ class SystemCollector(Collector):
 
     def disk_percent(self) -> float:
         """Used space of the filesystem holding `disk_path`, in percent."""
+        import psutil
+
         return float(psutil.disk_usage(self.disk_path).percent)
 
     def process_rss(self) -> int:
         """Resident set size of this process in bytes."""
-        return int(self._process.memory_info().rss)
+        return int(self._process().memory_info().rss)
 
     def process_open_fds(self) -> int | None:
         """Open file descriptors of this process (None where the OS has no such notion)."""
-        num_fds = getattr(self._process, "num_fds", None)
+        num_fds = getattr(self._process(), "num_fds", None)
         return None if num_fds is None else int(num_fds())
 
     def process_threads(self) -> int:
         """Threads of this process."""
-        return int(self._process.num_threads())
+        return int(self._process().num_threads())
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         yield self._gauge(

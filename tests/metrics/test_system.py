@@ -12,7 +12,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from asgi_observe.metrics.exposition import metrics_app
-from asgi_observe.metrics.system import SystemCollector, register_system_metrics
+from asgi_observe.metrics.system import CPUWindow, SystemCollector, register_system_metrics
 
 MiB = 1024 * 1024
 
@@ -218,3 +218,38 @@ async def test_served_by_metrics_app_at_scrape_time() -> None:
     ]
     assert len(threads) == 1
     assert float(threads[0].split()[1]) >= 1
+
+
+def test_cpu_percent_covers_a_fixed_window_whoever_scrapes(tmp_path: Path) -> None:
+    """Two Prometheus replicas scraping one target at different rates see one figure."""
+    root, proc = fake_cgroup(tmp_path / "cg", cpu_max="100000 100000\n", cpu_stat="usage_usec 0\n")
+    clock = Clock(0.0)
+    often = collector(root, proc, clock=clock)  # scraped every 10 s
+    seldom = collector(root, proc, clock=clock)  # scraped every 30 s
+
+    def usage_at(t: float) -> int:
+        return int((t * t / 200) * 1_000_000)  # a load that grows: the window matters
+
+    figures: dict[float, tuple[float | None, float | None]] = {}
+    for second in range(10, 100, 10):
+        clock.now = float(second)
+        (root / "cpu.stat").write_text(f"usage_usec {usage_at(second)}\n")
+        first = often.cpu_percent()
+        second_figure = seldom.cpu_percent() if second % 30 == 0 else None
+        figures[second] = (first, second_figure)
+    # At 90 s both measure from the reading at 30 s: (90²-30²)/200 s of CPU in 60 s.
+    expected = ((90 * 90 - 30 * 30) / 200) / 60 * 100
+    assert figures[90][0] == pytest.approx(min(expected, 100.0))
+    assert figures[90][1] == pytest.approx(figures[90][0])
+    # ...and a scrape one second later does not shrink the interval to one second.
+    clock.now = 91.0
+    (root / "cpu.stat").write_text(f"usage_usec {usage_at(91)}\n")
+    assert often.cpu_percent() == pytest.approx(((91 * 91 - 30 * 30) / 200) / 61 * 100)
+
+
+def test_cpu_window_memory_is_bounded() -> None:
+    window = CPUWindow(window=60.0)
+    for second in range(10_000):
+        window.add(float(second), second * 0.5, float(second))
+    assert window.add(10_000.0, 5_000.0, 10_000.0) == pytest.approx(50.0)
+    assert len(window._readings) <= 62
