@@ -32,10 +32,17 @@ _METHOD_NOT_ALLOWED: Rendered = (
 
 
 def relative_path(scope: Scope) -> str:
-    """The path below ``root_path`` (Starlette 1.x and uvicorn keep the prefix in ``path``)."""
+    """The path below ``root_path``, under either convention servers follow.
+
+    uvicorn, Starlette 1.x ``Mount`` and the ASGI spec keep the prefix in ``path`` as well
+    as in ``root_path``; hypercorn ``--root-path`` behind a prefix-stripping proxy, and
+    older dispatchers, leave only the part below it in ``path``. The prefix is removed
+    only when ``path`` starts with it at a segment boundary (``/api`` never strips
+    ``/apix``).
+    """
     path: str = scope["path"]
     root: str = scope.get("root_path", "")
-    if root and path.startswith(root):
+    if root and path.startswith(root) and (len(path) == len(root) or path[len(root)] == "/"):
         return path[len(root) :] or "/"
     return path
 

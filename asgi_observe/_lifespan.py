@@ -31,11 +31,16 @@ class LifespanHooks:
 
     The server's ``lifespan.startup`` message is taken first, the hooks run, and the
     message is then handed to the app. A hook raising `StartupAbortedError` answers
-    ``lifespan.startup.failed`` with its message and the app is not started. An app
-    without lifespan support (it raises or returns without answering) gets the protocol
-    completed on its behalf, as uvicorn's ``lifespan=auto`` would, so the hooks still run.
-    Shutdown hooks also run when the app's own start-up fails, so anything the start-up
-    hooks opened is closed again.
+    ``lifespan.startup.failed`` with its message and the app is not started.
+
+    The app's own start-up failure is never hidden: an app that raises after taking the
+    ``lifespan.startup`` message gets ``lifespan.startup.failed`` (naming the exception)
+    answered for it and the exception re-raised, so the server reports "Application
+    startup failed" whether or not it runs lifespan in ``auto`` mode. Only an app that
+    raises (or returns) *before receiving anything* is taken as not supporting lifespan:
+    the protocol is then completed on its behalf, so the hooks still run. Shutdown hooks
+    also run when the app's own start-up fails, so anything the start-up hooks opened is
+    closed again.
     """
 
     def __init__(
@@ -58,9 +63,12 @@ class LifespanHooks:
                 return
         pending: list[Message] = [first]
         answered = False
+        received = False
         shut_down = False
 
         async def receive_after_hooks() -> Message:
+            nonlocal received
+            received = True
             return pending.pop() if pending else await receive()
 
         async def send_running_hooks(message: Message) -> None:
@@ -77,8 +85,13 @@ class LifespanHooks:
 
         try:
             await self.app(scope, receive_after_hooks, send_running_hooks)
-        except BaseException:
+        except Exception as exc:
             if answered:
+                raise
+            if received:
+                # It took a lifespan message, so it supports lifespan and its start-up
+                # failed: report it as the failure it is, never as a started app.
+                await self._fail_for_app(exc, send_running_hooks)
                 raise
             logger.debug(
                 "asgi_observe: the app does not support lifespan; completing it", exc_info=True
@@ -89,6 +102,13 @@ class LifespanHooks:
         await self._complete_for_app(
             receive_after_hooks, send, started=first["type"] == "lifespan.startup"
         )
+
+    @staticmethod
+    async def _fail_for_app(exc: Exception, send: Send) -> None:
+        """Answer ``lifespan.startup.failed`` for an app that raised during its start-up."""
+        logger.error("asgi_observe: the application's lifespan start-up raised", exc_info=exc)
+        message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        await send({"type": "lifespan.startup.failed", "message": message})
 
     async def _complete_for_app(self, receive: Receive, send: Send, *, started: bool) -> None:
         if started:

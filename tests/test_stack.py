@@ -221,16 +221,23 @@ async def test_an_internal_port_that_cannot_be_bound_stops_start_up(
     assert str(port) in sent[0]["message"]
 
 
-async def test_with_multiprocess_a_taken_internal_port_is_left_to_the_worker_serving_it(
-    registry: CollectorRegistry, tmp_path: Path
+@pytest.mark.parametrize("multiprocess", [False, True])
+async def test_a_foreign_process_on_the_internal_port_stops_start_up(
+    registry: CollectorRegistry, tmp_path: Path, multiprocess: bool
 ) -> None:
+    # The port is held by this very process, not by a sibling worker: never mistaken for
+    # "another worker serves it", with or without PROMETHEUS_MULTIPROC_DIR.
     holder, port = _taken_port()
     try:
-        settings = Settings(metrics_internal_port=port, prometheus_multiproc_dir=str(tmp_path))
-        sent = await run_lifespan(instrument(raw_app, settings, registry=registry))
+        settings = Settings(
+            metrics_internal_port=port,
+            prometheus_multiproc_dir=str(tmp_path) if multiprocess else None,
+        )
+        sent = await drive_lifespan(instrument(raw_app, settings, registry=registry))
     finally:
         holder.close()
-    assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert [m["type"] for m in sent] == ["lifespan.startup.failed"]
+    assert "METRICS_INTERNAL_PORT" in sent[0]["message"]
 
 
 async def test_an_aborting_hook_closes_what_earlier_hooks_opened() -> None:
@@ -268,3 +275,116 @@ async def test_shutdown_hooks_run_when_the_app_start_up_fails() -> None:
     with pytest.raises(RuntimeError, match="migration"):
         await drive_lifespan(app, ("lifespan.startup",))
     assert events == ["closed"]
+
+
+async def test_an_app_raising_after_taking_startup_fails_start_up() -> None:
+    events: list[str] = []
+
+    async def opens() -> None:
+        events.append("opened")
+
+    async def closes() -> None:
+        events.append("closed")
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()  # it speaks lifespan...
+        raise RuntimeError("the database is unreachable")  # ...and its start-up failed
+
+    sent: list[Message] = []
+    with pytest.raises(RuntimeError, match="unreachable"):
+        await drive_lifespan(
+            LifespanHooks(app, startup=[opens], shutdown=[closes]),
+            ("lifespan.startup",),
+            sent=sent,
+        )
+    assert sent == [
+        {
+            "type": "lifespan.startup.failed",
+            "message": "RuntimeError: the database is unreachable",
+        }
+    ]
+    assert events == ["opened", "closed"]
+
+
+async def test_only_an_app_raising_before_receiving_is_lifespan_unsupported() -> None:
+    events: list[str] = []
+
+    async def opens() -> None:
+        events.append("opened")
+
+    async def closes() -> None:
+        events.append("closed")
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            raise ValueError(f"unsupported scope {scope['type']}")
+
+    sent = await run_lifespan(LifespanHooks(app, startup=[opens], shutdown=[closes]))
+    assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert events == ["opened", "closed"]
+
+
+@pytest.mark.realparts
+@pytest.mark.parametrize("lifespan", ["auto", "on"])
+def test_a_failing_app_start_up_fails_under_a_real_uvicorn(lifespan: str) -> None:
+    from tests.e2e.servers import free_port, run_to_exit, server_env, uvicorn_argv
+
+    result = run_to_exit(
+        uvicorn_argv(
+            "tests.e2e.servers:observed_raising_startup_app",
+            free_port(),
+            "--lifespan",
+            lifespan,
+        ),
+        env=server_env(),
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "Application startup failed" in output
+    assert "the database is unreachable" in output
+    assert "Application startup complete" not in output
+
+
+@pytest.mark.realparts
+def test_a_failing_app_start_up_fails_as_it_does_bare() -> None:
+    from tests.e2e.servers import free_port, run_to_exit, server_env, uvicorn_argv
+
+    bare = run_to_exit(
+        uvicorn_argv(
+            "tests.e2e.servers:raising_startup_app",
+            free_port(),
+            "--lifespan",
+            "on",
+            factory=False,
+        ),
+        env=server_env(),
+    )
+    observed = run_to_exit(
+        uvicorn_argv(
+            "tests.e2e.servers:observed_raising_startup_app", free_port(), "--lifespan", "on"
+        ),
+        env=server_env(),
+    )
+    for result in (bare, observed):
+        output = result.stdout + result.stderr
+        assert "Application startup failed" in output, output
+    assert observed.returncode == bare.returncode != 0
+
+
+@pytest.mark.realparts
+def test_an_internal_port_taken_by_a_foreign_process_fails_a_real_uvicorn() -> None:
+    from tests.e2e.servers import free_port, run_to_exit, server_env, uvicorn_argv
+
+    holder, port = _taken_port()
+    try:
+        result = run_to_exit(
+            uvicorn_argv("tests.e2e.servers:observed_app", free_port()),
+            env=server_env(METRICS_INTERNAL_PORT=str(port)),
+        )
+    finally:
+        holder.close()
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "Application startup failed" in output
+    assert "METRICS_INTERNAL_PORT: the internal metrics listener cannot start" in output
+    assert str(port) in output

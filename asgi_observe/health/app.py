@@ -1,7 +1,8 @@
 """`HealthApp`: the Kubernetes probes as one pure ASGI app, mountable anywhere.
 
-Paths are read relative to the mount point, whichever way the mount was made: Starlette
-1.x ``Mount`` (and the ASGI spec) keep the full path in ``scope["path"]`` and the prefix in
+Paths are read relative to the mount point with the stack's one rule
+(`asgi_observe._asgi.relative_path`), whichever way the mount was made: Starlette 1.x
+``Mount`` (and the ASGI spec) keep the full path in ``scope["path"]`` and the prefix in
 ``scope["root_path"]``; older Starlette and some dispatchers strip the prefix from
 ``path``. Both give the same sub-path here. The sub-path template is left in
 ``scope["asgi_observe.subroute"]`` so metrics, spans and access logs label the request
@@ -19,7 +20,7 @@ from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry
 
-from asgi_observe._asgi import complete_lifespan, respond
+from asgi_observe._asgi import complete_lifespan, relative_path, respond
 from asgi_observe.health import checks as builtin
 from asgi_observe.health._check import Check, iso_utc
 from asgi_observe.health._evaluate import Evaluator, Report
@@ -164,7 +165,7 @@ class HealthApp:
     # --- HTTP -----------------------------------------------------------------------------
 
     async def _http(self, scope: Scope, send: Send) -> None:
-        sub = _SUBPATHS.get(_relative_path(scope))
+        sub = _SUBPATHS.get(relative_path(scope))
         if sub is None:
             await _respond(
                 send, scope, 404, {"detail": "Not Found"}, media_type=b"application/json"
@@ -298,16 +299,6 @@ class HealthApp:
                 "started_at": self._started_iso,
             },
         }
-
-
-def _relative_path(scope: Scope) -> str:
-    path: str = scope.get("path", "")
-    root: str = scope.get("root_path", "")
-    # Starlette 1.x / the ASGI spec: the prefix is in both. A stripping dispatcher leaves
-    # only the sub-path in ``path``, which then does not start with the prefix.
-    if root and path.startswith(root) and (len(path) == len(root) or path[len(root)] == "/"):
-        return path[len(root) :]
-    return path
 
 
 def _wants_health_json(scope: Scope) -> bool:

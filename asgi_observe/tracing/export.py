@@ -3,9 +3,10 @@
 `ExportGuard` wraps the OTLP exporter and runs in the batch processor's thread, off the
 request path. It (1) redacts PII from spans of *other* instrumentations, and of code
 that sets attributes directly, before they leave the process; (2) turns a failing
-collector into one warning on ``logging.getLogger("asgi_observe")`` instead of an error
-per batch; and (3) can be abandoned, so `shutdown_tracing` can stop waiting on an export
-to a collector that black-holes connections.
+collector into one warning per outage on ``logging.getLogger("asgi_observe")``, the
+exporter's own error and retry lines included, instead of lines per batch; and (3) can
+be abandoned, so `shutdown_tracing` can stop waiting on an export to a collector that
+black-holes connections.
 """
 
 from __future__ import annotations
@@ -48,34 +49,62 @@ _CLEAN_SERVER_KEYS = frozenset(
 
 _NOTHING: frozenset[str] = frozenset()
 
-# Loggers on which the OTLP exporters report each failed batch. While a guard already
-# reported an outage, their records from its export thread are dropped (see _Quiet).
+# Loggers on which the OTLP exporters report failed batches and their retries
+# ("Transient error ... retrying"). Records they emit from a guard's export are held
+# back (see _Capture): the guard reports an outage once, with their reason.
+_EXPORTER_LOGGER_PREFIX = "opentelemetry.exporter"
 _EXPORTER_LOGGERS = (
     "opentelemetry.exporter.otlp.proto.grpc.exporter",
+    "opentelemetry.exporter.otlp.proto.grpc.trace_exporter",
     "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+    "opentelemetry.exporter.otlp.proto.http._common",
     "opentelemetry.exporter.otlp.common.http",
 )
 
 
-class _Quiet(logging.Filter):
-    """Drops exporter log records emitted while a guard marks its thread as quiet."""
+class _Capture(logging.Filter):
+    """Holds back exporter log records emitted by a guard's export, in that thread only.
+
+    A logger's filters see only the records logged on it, so the filter is installed on
+    each exporter logger; other threads (an exporter used outside a guard) are untouched.
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.local = threading.local()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not getattr(self.local, "active", False)
+        held: list[logging.LogRecord] | None = getattr(self.local, "held", None)
+        if held is None:
+            return True
+        held.append(record)
+        return False
 
 
-_quiet = _Quiet()
+_capture = _Capture()
 
 
-def _install_quiet_filter() -> None:
-    for name in _EXPORTER_LOGGERS:
+def _install_capture_filter() -> None:
+    """On the known exporter loggers, and on every exporter logger already created (the
+    exporter's modules are imported by the time a guard wraps one of its instances)."""
+    names = set(_EXPORTER_LOGGERS)
+    names.update(
+        name
+        for name in list(logging.Logger.manager.loggerDict)
+        if name.startswith(_EXPORTER_LOGGER_PREFIX)
+    )
+    for name in sorted(names):
         target = logging.getLogger(name)
-        if _quiet not in target.filters:
-            target.addFilter(_quiet)
+        if _capture not in target.filters:
+            target.addFilter(_capture)
+
+
+def _reason(held: Sequence[logging.LogRecord]) -> str:
+    """The exporter's last word on a failed export (its final error, else its last retry)."""
+    for record in reversed(held):
+        if record.levelno >= logging.WARNING:
+            return record.getMessage()
+    return ""
 
 
 def _redact_attributes(
@@ -158,35 +187,42 @@ class ExportGuard(SpanExporter):
         self._abandoned = False
         self._shut = False
         self._lock = threading.Lock()
-        _install_quiet_filter()
+        _install_capture_filter()
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         if self._abandoned:
             return SpanExportResult.FAILURE
         failing = self._failing
-        # The first failing batch keeps the exporter's own log lines (they carry the
-        # reason); while the outage lasts, further ones are silenced.
-        _quiet.local.active = failing
+        # The exporter logs every failed batch and every retry ("Transient error ...
+        # retrying in 1s"): one outage would be dozens of warnings. Its records are held
+        # back here; the first failure of an outage is reported once, with its reason.
+        held: list[logging.LogRecord] = []
+        _capture.local.held = held
+        raised: Exception | None = None
         try:
             result = self.exporter.export([redact_span(span) for span in spans])
-        except Exception:
-            if not failing:
-                logger.warning("asgi_observe: the span exporter raised", exc_info=True)
+        except Exception as exc:
+            raised = exc
             result = SpanExportResult.FAILURE
         finally:
-            _quiet.local.active = False
-        if result is not SpanExportResult.SUCCESS:
-            self.failed_batches += 1
+            _capture.local.held = None
+        for record in held:  # the exporter's own account, kept for debugging
+            logger.debug("asgi_observe: span exporter: %s", record.getMessage())
         if result is SpanExportResult.SUCCESS:
             if failing:
                 self._failing = False
                 logger.info("asgi_observe: span export to %s recovered", self.target)
-        elif not failing and not self._abandoned:
+            return result
+        self.failed_batches += 1
+        if not failing and not self._abandoned:
             self._failing = True
+            reason = f"{type(raised).__name__}: {raised}" if raised is not None else _reason(held)
             logger.warning(
-                "asgi_observe: exporting spans to %s failed; spans are dropped until the "
-                "collector is reachable again (further failures are not logged)",
+                "asgi_observe: exporting spans to %s failed (%s); spans are dropped until "
+                "the collector is reachable again (further failures are not logged)",
                 self.target,
+                reason or "no reason given",
+                exc_info=raised,
             )
         return result
 

@@ -18,7 +18,7 @@ from starlette.routing import Mount, Route
 
 from asgi_observe.health import Check, HealthApp
 from asgi_observe.metrics.http import MetricsMiddleware
-from asgi_observe.types import Receive, Scope, Send
+from asgi_observe.types import Message, Receive, Scope, Send
 from tests.support import http_get, run_uvicorn
 
 
@@ -205,3 +205,59 @@ def test_probe_storm_over_the_wire_runs_each_check_once(registry: CollectorRegis
     assert statuses == [200] * 50
     assert calls == 1
     assert elapsed < 5
+
+
+@pytest.mark.parametrize(
+    ("path", "convention"),
+    [
+        ("/api{sub}", "path includes root_path (uvicorn, ASGI spec)"),
+        ("{sub}", "path excludes root_path (hypercorn behind a prefix-stripping proxy)"),
+    ],
+)
+@pytest.mark.parametrize("sub", ["/health/live", "/health/ready", "/health/startup", "/metrics"])
+async def test_probes_under_root_path_in_either_convention(
+    registry: CollectorRegistry, path: str, convention: str, sub: str
+) -> None:
+    from asgi_observe import Settings, instrument
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 418, "headers": []})
+        await send({"type": "http.response.body", "body": b"app"})
+
+    observed = instrument(app, Settings(), health=health(registry), registry=registry)
+    status = 0
+
+    async def send(message: Message) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    full = path.format(sub=sub)
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": full,
+        "raw_path": full.encode(),
+        "query_string": b"",
+        "root_path": "/api",
+        "headers": [(b"host", b"test")],
+        "client": ("127.0.0.1", 5000),
+        "server": ("test", 80),
+    }
+    await observed(scope, receive, send)
+    assert status == 200, convention
+
+
+async def test_a_root_path_prefix_only_strips_whole_segments(registry: CollectorRegistry) -> None:
+    from asgi_observe._asgi import relative_path
+
+    assert relative_path({"path": "/api/health", "root_path": "/api"}) == "/health"
+    assert relative_path({"path": "/api", "root_path": "/api"}) == "/"
+    assert relative_path({"path": "/apix/health", "root_path": "/api"}) == "/apix/health"
+    assert relative_path({"path": "/health", "root_path": "/api"}) == "/health"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -220,3 +221,88 @@ async def test_a_second_listener_on_the_same_port_fails_and_the_first_keeps_serv
             assert "orders_total 5.0" in (await client.get("/metrics")).text
     finally:
         await first.stop()
+
+
+# --- multi-worker servers ---------------------------------------------------------------
+
+
+def _worker_server_argv(kind: str, target: str, port: int) -> list[str]:
+    if kind == "uvicorn":
+        return [
+            "uvicorn", "--factory", target, "--workers", "2",
+            "--host", "127.0.0.1", "--port", str(port),
+        ]  # fmt: skip
+    return [
+        "gunicorn", "--workers", "2", "--worker-class", "uvicorn_worker.UvicornWorker",
+        "--bind", f"127.0.0.1:{port}", "--no-control-socket", f"{target}()",
+    ]  # fmt: skip
+
+
+def _lines(output: str, text: str) -> list[str]:
+    return [line for line in output.splitlines() if text in line]
+
+
+@pytest.mark.realparts
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["gunicorn", "uvicorn"])
+def test_workers_share_the_internal_port_and_one_warns(kind: str, tmp_path: Path) -> None:
+    from tests.e2e.servers import serve, server_env
+
+    if kind == "gunicorn":
+        pytest.importorskip("uvicorn_worker", reason="the uvicorn-worker package is missing")
+    port, internal = free_port(), free_port()
+    argv = _worker_server_argv(kind, "tests.e2e.servers:observed_app", port)
+    env = server_env(METRICS_INTERNAL_PORT=str(internal))
+    with serve(argv, port=port, env=env, log=tmp_path / f"{kind}.log") as server:
+        pids: set[int] = set()
+
+        def every_worker_answered() -> bool:
+            # A fresh connection per request, so the kernel spreads them over the workers.
+            status, _, body = http_get(f"{server.url}/ping", headers={"Connection": "close"})
+            assert status == 200
+            pids.add(int(body))
+            return len(pids) == 2
+
+        wait_until(every_worker_answered, timeout=60, what="both workers to answer")
+        status, _, body = http_get(f"http://127.0.0.1:{internal}/metrics")
+        assert status == 200
+        assert "http_requests_total" in body.decode()
+        assert http_get(f"{server.url}/metrics")[0] == 404
+        wait_until(
+            lambda: bool(_lines(server.output(), "serves the app only")),
+            timeout=30,
+            what="the second worker's start-up line",
+        )
+        output = server.output()
+    warnings = _lines(output, "PROMETHEUS_MULTIPROC_DIR")
+    assert len(warnings) == 1, output
+    assert warnings[0].startswith("WARNING asgi_observe")
+    served_elsewhere = _lines(output, "another worker of this server serves")
+    assert len(served_elsewhere) == 1, output
+    assert served_elsewhere[0].startswith("INFO asgi_observe")
+    assert "Application startup failed" not in output
+    # The warning comes from the worker that serves the port, the info line from the other.
+    warner = int(warnings[0].split("[")[1].split("]")[0])
+    other = int(served_elsewhere[0].split("[")[1].split("]")[0])
+    assert {warner, other} == pids
+
+
+@pytest.mark.realparts
+@pytest.mark.slow
+def test_workers_with_a_multiprocess_dir_do_not_warn(tmp_path: Path) -> None:
+    from tests.e2e.servers import serve, server_env
+
+    port, internal = free_port(), free_port()
+    directory = tmp_path / "mp"
+    directory.mkdir()
+    argv = _worker_server_argv("uvicorn", "tests.e2e.servers:observed_app", port)
+    env = server_env(METRICS_INTERNAL_PORT=str(internal), PROMETHEUS_MULTIPROC_DIR=str(directory))
+    with serve(argv, port=port, env=env, log=tmp_path / "uvicorn.log") as server:
+        wait_until(
+            lambda: bool(_lines(server.output(), "serves the app only")),
+            timeout=30,
+            what="the second worker's start-up line",
+        )
+        assert http_get(f"http://127.0.0.1:{internal}/metrics")[0] == 200
+        output = server.output()
+    assert not _lines(output, "PROMETHEUS_MULTIPROC_DIR"), output

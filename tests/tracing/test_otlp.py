@@ -15,13 +15,16 @@ from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
+from asgi_lifespan import LifespanManager
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
+from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
+from asgi_observe import instrument
 from asgi_observe.settings import Settings
 from asgi_observe.tracing import (
     TracingMiddleware,
@@ -262,3 +265,65 @@ async def test_ratio_sampling_share_and_parent_based_children() -> None:
     assert 133 <= by_path.get("/root", 0) <= 267, by_path
     assert by_path.get("/sampled-parent") == 200  # a sampled caller is always honoured
     assert "/unsampled-parent" not in by_path
+
+
+async def test_spans_are_exported_after_a_second_lifespan_cycle(
+    receiver: tuple[str, Receiver],
+) -> None:
+    # Test suites enter one app's lifespan several times per process (asgi-lifespan here).
+    protocol, collector = receiver
+    app = instrument(
+        starlette_app(),
+        settings_for(protocol, collector.endpoint, service_name="cycles"),
+        registry=CollectorRegistry(),
+    )
+    transport = httpx.ASGITransport(app=app)
+    try:
+        for cycle in (1, 2, 3):
+            async with (
+                LifespanManager(app),
+                httpx.AsyncClient(transport=transport, base_url="http://api") as client,
+            ):
+                assert (await client.get(f"/items/cycle-{cycle}")).status_code == 200
+            # Each lifespan shutdown flushed (the batch delay is 5 s): the spans are there.
+            paths = {s.attributes.get("url.path") for s in collector.snapshot()}
+            assert f"/items/cycle-{cycle}" in paths, (cycle, paths)
+    finally:
+        shutdown_tracing(app.tracer_provider)
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+def test_one_warning_per_outage_the_exporters_retries_included(
+    protocol: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "20")  # one batch per span below
+    port = refused_port()
+    # Long enough for the exporters to retry ("Transient error ... retrying in 1s").
+    settings = settings_for(protocol, f"http://127.0.0.1:{port}", otlp_timeout=2.5)
+    provider = setup_tracing(settings, set_global=False)
+    guard = _guards[provider]
+    tracer_ = provider.get_tracer("outage")
+    try:
+        with caplog.at_level(logging.DEBUG):
+            for index in range(1, 4):
+                tracer_.start_span(f"batch {index}").end()
+
+                def exported(done: int = index) -> bool:
+                    return guard.failed_batches >= done
+
+                wait_until(exported, timeout=20, what=f"failed export {index}")
+    finally:
+        shutdown_tracing(provider, timeout=2.0)
+    # The exporter's lines are still there for debugging, retries included.
+    retried = [r for r in caplog.records if "retrying" in r.getMessage()]
+    assert retried, "the exporter did not retry: the test proves nothing"
+    assert all(r.levelno == logging.DEBUG for r in retried)
+    warnings = [
+        r
+        for r in caplog.records
+        if r.levelno >= logging.WARNING
+        and (r.name == "asgi_observe" or r.name.startswith("opentelemetry.exporter"))
+    ]
+    assert len(warnings) == 1, [(r.name, r.getMessage()) for r in warnings]
+    assert warnings[0].name == "asgi_observe"
+    assert f"127.0.0.1:{port}" in warnings[0].getMessage()
