@@ -8,6 +8,7 @@ configured without touching `os.environ` at all (tests do exactly that).
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import urllib.parse
@@ -19,10 +20,37 @@ from typing import Literal
 from asgi_observe.net import IPNetwork, parse_networks
 
 __all__ = [
+    "DEFAULT_BUCKETS",
     "DEFAULT_EXCLUDED_URLS",
     "MIN_METRICS_TOKEN_LENGTH",
+    "PROBE_PATHS",
+    "RESERVED_LABELS",
     "Settings",
 ]
+
+DEFAULT_BUCKETS: tuple[float, ...] = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+"""Latency buckets: Prometheus' defaults plus 2 s, the P99 alert threshold of the rules."""
+
+PROBE_PATHS: tuple[str, ...] = (
+    "/metrics",
+    "/metrics/legacy",
+    "/health",
+    "/health/live",
+    "/health/ready",
+    "/health/startup",
+)
+"""The scrape and probe endpoints `instrument()` serves: not written to the access log by
+default, since a probe every few seconds would drown the requests worth reading."""
+
+RESERVED_LABELS = frozenset({"method", "status", "handler", "le", "quantile"})
+"""Label names the HTTP metrics use themselves (or Prometheus reserves)."""
+
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+_METRIC_PREFIX = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+_HEADER_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_METHOD_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Z]+")
 
 DEFAULT_EXCLUDED_URLS: tuple[str, ...] = (
     "/metrics",
@@ -119,6 +147,65 @@ def _parse_excluded(name: str, value: str) -> tuple[str, ...]:
                 name, value, f"{pattern!r} is not a regular expression ({exc})"
             ) from None
     return patterns
+
+
+def _parse_list(value: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in value.split(",") if item.strip())
+
+
+def _parse_buckets(name: str, value: str) -> tuple[float, ...]:
+    buckets: list[float] = []
+    for item in _parse_list(value):
+        try:
+            bucket = float(item)
+        except ValueError:
+            raise _invalid(name, value, f"{item!r} is not a number of seconds") from None
+        if not 0 < bucket < float("inf"):
+            raise _invalid(name, value, f"{item!r} is not a positive, finite number of seconds")
+        buckets.append(bucket)
+    if not buckets:
+        raise _invalid(name, value, "expected comma-separated bucket bounds in seconds")
+    if any(later <= earlier for earlier, later in itertools.pairwise(buckets)):
+        raise _invalid(name, value, "bucket bounds must be strictly increasing")
+    return tuple(buckets)
+
+
+def _parse_paths(name: str, value: str) -> tuple[str, ...]:
+    paths = _parse_list(value)
+    for path in paths:
+        if not path.startswith("/"):
+            raise _invalid(name, value, f"{path!r} is not a path (it must start with /)")
+    return paths
+
+
+def _parse_methods(name: str, value: str) -> tuple[str, ...]:
+    methods = tuple(method.upper() for method in _parse_list(value))
+    for method in methods:
+        if not _METHOD_TOKEN.fullmatch(method):
+            raise _invalid(name, value, f"{method!r} is not an HTTP method")
+    return methods
+
+
+def _check_metric_options(settings: Settings) -> None:
+    """The checks of the metric and request-id options, also for hand-built settings."""
+    if settings.metrics_namespace and not _METRIC_PREFIX.fullmatch(settings.metrics_namespace):
+        raise _invalid(
+            "METRICS_NAMESPACE",
+            settings.metrics_namespace,
+            "expected a Prometheus name prefix: letters, digits, _ and :, not starting with a digit",
+        )
+    seen: set[str] = set()
+    shown = ",".join(f"{label}={value}" for label, value in settings.metrics_labels)
+    for label, _ in settings.metrics_labels:
+        if not _LABEL_NAME.fullmatch(label) or label.startswith("__"):
+            raise _invalid("METRICS_LABELS", shown, f"{label!r} is not a Prometheus label name")
+        if label in RESERVED_LABELS:
+            raise _invalid("METRICS_LABELS", shown, f"the HTTP metrics already use {label!r}")
+        if label in seen:
+            raise _invalid("METRICS_LABELS", shown, f"{label!r} is given twice")
+        seen.add(label)
+    if not _HEADER_TOKEN.fullmatch(settings.request_id_header):
+        raise _invalid("REQUEST_ID_HEADER", settings.request_id_header, "not an HTTP header name")
 
 
 def _parse_otel_bool(name: str, value: str) -> bool:
@@ -226,6 +313,13 @@ class Settings:
     prometheus_multiproc_dir: str | None = None
     database_url: str | None = None
     redis_url: str | None = None
+    metrics_namespace: str = ""
+    metrics_buckets: tuple[float, ...] = DEFAULT_BUCKETS
+    metrics_exclude_paths: tuple[str, ...] = ()
+    metrics_exclude_methods: tuple[str, ...] = ()
+    metrics_labels: tuple[tuple[str, str], ...] = ()
+    request_id_header: str = "X-Request-ID"
+    access_log_exclude_paths: tuple[str, ...] = PROBE_PATHS
 
     def __post_init__(self) -> None:
         if self.metrics_token is not None and len(self.metrics_token) < MIN_METRICS_TOKEN_LENGTH:
@@ -249,6 +343,7 @@ class Settings:
                 f"expected one of {', '.join(_COMPRESSIONS)}",
             )
         _check_sampler("OTEL_TRACES_SAMPLER", self.sampler)
+        _check_metric_options(self)
 
     @property
     def is_production(self) -> bool:
@@ -270,7 +365,7 @@ class Settings:
     __str__ = __repr__
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:  # noqa: PLR0915 - one read per variable reads best flat
         """Read and validate every variable of the contract from `environ` (default `os.environ`).
 
         Raises `ValueError` naming the variable and the value on the first invalid one, so a
@@ -344,6 +439,11 @@ class Settings:
         _check_sampler("OTEL_TRACES_SAMPLER", sampler)
         disabled = get("OTEL_SDK_DISABLED")
 
+        buckets = get("METRICS_BUCKETS")
+        metric_labels = get("METRICS_LABELS")
+        metric_paths = get("METRICS_EXCLUDE_PATHS")
+        metric_methods = get("METRICS_EXCLUDE_METHODS")
+        access_paths = env.get("ACCESS_LOG_EXCLUDE_PATHS")  # set but empty: log everything
         enable = get("ENABLE_METRICS")
         port = get("METRICS_INTERNAL_PORT")
         allow = get("METRICS_ALLOW")
@@ -393,4 +493,21 @@ class Settings:
             prometheus_multiproc_dir=multiproc,
             database_url=get("DATABASE_URL"),
             redis_url=get("REDIS_URL"),
+            metrics_namespace=(get("METRICS_NAMESPACE") or "").strip(),
+            metrics_buckets=DEFAULT_BUCKETS
+            if buckets is None
+            else _parse_buckets("METRICS_BUCKETS", buckets),
+            metrics_exclude_paths=()
+            if metric_paths is None
+            else _parse_paths("METRICS_EXCLUDE_PATHS", metric_paths),
+            metrics_exclude_methods=()
+            if metric_methods is None
+            else _parse_methods("METRICS_EXCLUDE_METHODS", metric_methods),
+            metrics_labels=()
+            if metric_labels is None
+            else _parse_key_values("METRICS_LABELS", metric_labels),
+            request_id_header=(get("REQUEST_ID_HEADER") or "X-Request-ID").strip(),
+            access_log_exclude_paths=PROBE_PATHS
+            if access_paths is None
+            else _parse_paths("ACCESS_LOG_EXCLUDE_PATHS", access_paths),
         )

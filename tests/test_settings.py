@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from asgi_observe import Settings
-from asgi_observe.settings import DEFAULT_EXCLUDED_URLS
+from asgi_observe.settings import DEFAULT_BUCKETS, DEFAULT_EXCLUDED_URLS
 
 
 def test_defaults_match_the_contract() -> None:
@@ -102,6 +102,22 @@ def test_every_variable_is_parsed(tmp_path: Path) -> None:
         ("OTEL_PYTHON_EXCLUDED_URLS", "/ok,(unclosed"),
         ("PROMETHEUS_MULTIPROC_DIR", "/definitely/not/here"),
         ("METRICS_TOKEN", "short"),
+        ("METRICS_NAMESPACE", "9lives"),
+        ("METRICS_NAMESPACE", "my-app"),
+        ("METRICS_BUCKETS", "0.1,abc"),
+        ("METRICS_BUCKETS", "0.5,0.1"),
+        ("METRICS_BUCKETS", "0.1,0.1"),
+        ("METRICS_BUCKETS", "-1,2"),
+        ("METRICS_BUCKETS", "0.1,inf"),
+        ("METRICS_EXCLUDE_PATHS", "/ok,relative"),
+        ("METRICS_EXCLUDE_METHODS", "GET,BAD METHOD"),
+        ("METRICS_LABELS", "team"),
+        ("METRICS_LABELS", "1team=x"),
+        ("METRICS_LABELS", "handler=x"),
+        ("METRICS_LABELS", "__name__=x"),
+        ("METRICS_LABELS", "team=a,team=b"),
+        ("REQUEST_ID_HEADER", "X Request Id"),
+        ("ACCESS_LOG_EXCLUDE_PATHS", "metrics"),
     ],
 )
 def test_invalid_values_name_the_variable_and_value(variable: str, value: str) -> None:
@@ -111,6 +127,54 @@ def test_invalid_values_name_the_variable_and_value(variable: str, value: str) -
         assert value in str(caught.value)
     else:
         assert value not in str(caught.value)
+
+
+def test_metric_request_id_and_access_log_options() -> None:
+    settings = Settings.from_env(
+        {
+            "METRICS_NAMESPACE": "baliblissed",
+            "METRICS_BUCKETS": "0.05, 0.1,0.5,1,2.5",
+            "METRICS_EXCLUDE_PATHS": "/internal/ping, /robots.txt",
+            "METRICS_EXCLUDE_METHODS": "options,head",
+            "METRICS_LABELS": "team=payments, region=eu",
+            "REQUEST_ID_HEADER": "X-Correlation-ID",
+            "ACCESS_LOG_EXCLUDE_PATHS": "/metrics,/health/live",
+        }
+    )
+    assert settings.metrics_namespace == "baliblissed"
+    assert settings.metrics_buckets == (0.05, 0.1, 0.5, 1.0, 2.5)
+    assert settings.metrics_exclude_paths == ("/internal/ping", "/robots.txt")
+    assert settings.metrics_exclude_methods == ("OPTIONS", "HEAD")
+    assert settings.metrics_labels == (("team", "payments"), ("region", "eu"))
+    assert settings.request_id_header == "X-Correlation-ID"
+    assert settings.access_log_exclude_paths == ("/metrics", "/health/live")
+
+
+def test_metric_option_defaults() -> None:
+    settings = Settings.from_env({})
+    assert settings.metrics_namespace == ""
+    assert settings.metrics_buckets == DEFAULT_BUCKETS
+    assert settings.metrics_exclude_paths == settings.metrics_exclude_methods == ()
+    assert settings.metrics_labels == ()
+    assert settings.request_id_header == "X-Request-ID"
+    # The scrape and every probe endpoint, /health/startup and /metrics/legacy included.
+    assert set(settings.access_log_exclude_paths) == {
+        "/metrics",
+        "/metrics/legacy",
+        "/health",
+        "/health/live",
+        "/health/ready",
+        "/health/startup",
+    }
+    # Set but empty: every request is logged.
+    assert Settings.from_env({"ACCESS_LOG_EXCLUDE_PATHS": ""}).access_log_exclude_paths == ()
+
+
+def test_hand_built_metric_options_are_validated() -> None:
+    with pytest.raises(ValueError, match="METRICS_LABELS"):
+        Settings(metrics_labels=(("status", "x"),))
+    with pytest.raises(ValueError, match="REQUEST_ID_HEADER"):
+        Settings(request_id_header="bad header")
 
 
 def test_specific_excluded_urls_win_over_the_generic_variable() -> None:

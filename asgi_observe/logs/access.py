@@ -30,6 +30,7 @@ from asgi_observe.pii import is_sensitive_key, redact_query, redact_text
 from asgi_observe.request_id import SCOPE_KEY as REQUEST_ID_KEY
 from asgi_observe.request_id import get_request_id
 from asgi_observe.routes import RouteResolver, resolve_route
+from asgi_observe.settings import PROBE_PATHS
 from asgi_observe.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = [
@@ -41,7 +42,8 @@ __all__ = [
 
 internal_logger = logging.getLogger("asgi_observe")
 
-DEFAULT_EXCLUDE_PATHS: tuple[str, ...] = ("/metrics", "/health/live", "/health/ready")
+DEFAULT_EXCLUDE_PATHS: tuple[str, ...] = PROBE_PATHS
+"""The scrape and probe endpoints (`asgi_observe.settings.PROBE_PATHS`)."""
 
 DEFAULT_SENSITIVE_QUERY_PARAMS = pii.DEFAULT_SENSITIVE_QUERY_PARAMS
 """An alias of `asgi_observe.pii.DEFAULT_SENSITIVE_QUERY_PARAMS`, kept importable here."""

@@ -23,21 +23,18 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from asgi_observe._asgi import relative_path
 from asgi_observe.metrics._families import http_metrics_for
 from asgi_observe.routes import (
-    UNMATCHED_LABEL,
     RouteResolver,
     normalize_method,
     resolve_route,
+    track_route,
+    unmatched_label,
 )
+from asgi_observe.settings import DEFAULT_BUCKETS
 from asgi_observe.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["DEFAULT_BUCKETS", "DEFAULT_SIZE_BUCKETS", "MetricsMiddleware"]
 
 logger = logging.getLogger("asgi_observe")
-
-DEFAULT_BUCKETS: tuple[float, ...] = (
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 2.5, 5.0, 10.0,
-)  # fmt: skip
-"""Latency buckets: Prometheus' defaults plus 2 s, the seed's P99 alert threshold."""
 
 DEFAULT_SIZE_BUCKETS: tuple[float, ...] = (100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000)
 """Body size buckets in bytes, one per decade."""
@@ -72,6 +69,10 @@ class MetricsMiddleware:
     sent) and re-raised unchanged. When a sampled OpenTelemetry span is current, the request
     counter and the latency histogram carry its ``trace_id`` as an exemplar (exposed in the
     OpenMetrics format).
+
+    Requests no route matched share the ``handler`` value ``none``. CORS preflights
+    answered before routing (``OPTIONS`` with ``Access-Control-Request-Method``) get the
+    template of the route their path matches, else the separate value ``preflight``.
     """
 
     def __init__(
@@ -107,6 +108,7 @@ class MetricsMiddleware:
             await self.app(scope, receive, send)
             return
 
+        track_route(scope)
         start = perf_counter()
         status = 0
         received = 0
@@ -177,7 +179,9 @@ class MetricsMiddleware:
         async def send_counting_progress(message: Message) -> None:
             if message["type"] == "http.response.start" and not counted:
                 template = resolve_route(scope, self._resolver, status=message.get("status"))
-                handler = UNMATCHED_LABEL if template is None else self._handlers.bound(template)
+                handler = (
+                    unmatched_label(scope) if template is None else self._handlers.bound(template)
+                )
                 child = gauge.labels(normalize_method(scope.get("method")), handler)
                 child.inc()
                 counted.append(child)
@@ -188,7 +192,7 @@ class MetricsMiddleware:
     def _record(self, scope: Scope, status: int, duration: float, received: int, sent: int) -> None:
         method = normalize_method(scope.get("method"))
         template = resolve_route(scope, self._resolver, status=status)
-        handler = UNMATCHED_LABEL if template is None else self._handlers.bound(template)
+        handler = unmatched_label(scope) if template is None else self._handlers.bound(template)
         children = self._children.get((method, status, handler))
         if children is None:
             children = self._make_children(method, status, handler)
