@@ -10,7 +10,11 @@ libraries slow:
   ``scope["router"]`` (the outermost router). Mount prefixes are recovered from an index
   of the router tree built once per router, so nested mounts and mounts with path
   parameters give the full template (``/org/{org}/things/{tid}``).
-- Litestar: ``scope["path_template"]``.
+- Litestar: ``scope["path_template"]``; for an ASGI app mounted with
+  ``@asgi(path, is_mount=True)``, the mount's path plus ``/{path}`` (``/static/{path}``),
+  found from the app's public ``routes``.
+- CORS preflights answered before routing (Starlette's ``CORSMiddleware``): the template
+  of the route whose pattern the path matches, or the separate ``preflight`` label.
 - Any app (raw ASGI, Django, a mounted sub-app) can set ``scope["asgi_observe.route"]`` to
   an absolute template, or ``scope["asgi_observe.subroute"]`` to a template relative to the
   Starlette ``Mount`` it is served under.
@@ -29,23 +33,31 @@ import threading
 from collections.abc import Iterable
 from typing import Any, Protocol
 
+from asgi_observe._asgi import relative_path
 from asgi_observe.types import Scope
 
 __all__ = [
     "OVERFLOW_LABEL",
+    "PREFLIGHT_LABEL",
     "ROUTE_SCOPE_KEY",
     "SUBROUTE_SCOPE_KEY",
     "UNMATCHED_LABEL",
     "LabelCap",
     "RouteResolver",
+    "is_preflight",
     "normalize_method",
     "resolve_route",
+    "track_route",
+    "unmatched_label",
 ]
 
 logger = logging.getLogger("asgi_observe")
 
 UNMATCHED_LABEL = "none"
 """The shared handler value of requests no route matched (router 404/405)."""
+
+PREFLIGHT_LABEL = "preflight"
+"""The handler value of CORS preflights whose path matches no route template."""
 
 OVERFLOW_LABEL = "other"
 """The handler value every template past the cap is folded into."""
@@ -58,6 +70,7 @@ SUBROUTE_SCOPE_KEY = "asgi_observe.subroute"
 
 _RESOLVED_KEY = "asgi_observe.resolved_route"
 _NOT_FOUND = object()
+_MEMO_MAX_TEXT = 256  # longer request-derived keys are not memoised (bounded in bytes)
 
 KNOWN_METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"}
@@ -120,14 +133,28 @@ class LabelCap:
         return self.overflow
 
 
+def track_route(scope: Scope) -> None:
+    """Give the request a slot where `resolve_route` keeps its result; call before the app.
+
+    The access log, metrics and tracing middlewares of one request then share a single
+    resolution. The slot is put in the scope *before* the app runs and only its content
+    changes later: writing a new scope key while the app runs would show up as a scope
+    mutation to frameworks that compare scopes (Litestar warns about mounted ASGI apps
+    "modifying the scope" on every such request).
+    """
+    if _RESOLVED_KEY not in scope:
+        scope[_RESOLVED_KEY] = []
+
+
 def resolve_route(
     scope: Scope, resolver: RouteResolver | None = None, *, status: int | None = None
 ) -> str | None:
     """The route template of a finished request, or None when no route matched.
 
-    Call it once the response has started: before that the router has not run. The
-    framework result is cached in the scope so the access log, metrics and tracing
-    middlewares of one request share a single resolution.
+    Call it once the response has started: before that the router has not run. When
+    `track_route` was called for the request, the framework result is kept in its slot
+    so the access log, metrics and tracing middlewares share a single resolution;
+    nothing is ever written to the scope here.
     """
     if resolver is not None:
         try:
@@ -137,12 +164,36 @@ def resolve_route(
         else:
             if custom is not None:
                 return custom if isinstance(custom, str) else str(custom)
-    cached = scope.get(_RESOLVED_KEY, _NOT_FOUND)
-    if cached is not _NOT_FOUND:
-        return cached  # type: ignore[no-any-return]
+    memo = scope.get(_RESOLVED_KEY)
+    if memo:
+        return memo[0]  # type: ignore[no-any-return]
     template = peek_route(scope, status=status)
-    scope[_RESOLVED_KEY] = template
+    if isinstance(memo, list):
+        memo.append(template)
     return template
+
+
+def is_preflight(scope: Scope) -> bool:
+    """Whether the request is a CORS preflight: ``OPTIONS`` with ``Access-Control-Request-Method``.
+
+    The same test as Starlette's ``CORSMiddleware``, which answers such requests before
+    any router runs.
+    """
+    if scope.get("method") != "OPTIONS":
+        return False
+    return any(
+        bytes(name).lower() == b"access-control-request-method"
+        for name, _ in scope.get("headers") or ()
+    )
+
+
+def unmatched_label(scope: Scope) -> str:
+    """The handler label of a request without a route template.
+
+    CORS preflights get `PREFLIGHT_LABEL`, so a browser's preflight traffic is not
+    lumped with the router's 404s under `UNMATCHED_LABEL`; both labels are constants.
+    """
+    return PREFLIGHT_LABEL if is_preflight(scope) else UNMATCHED_LABEL
 
 
 def peek_route(scope: Scope, *, status: int | None = None) -> str | None:
@@ -157,6 +208,11 @@ def peek_route(scope: Scope, *, status: int | None = None) -> str | None:
         template = scope.get("path_template")  # Litestar
         if isinstance(template, str) and template:
             return template
+        handler = scope.get("route_handler")  # Litestar: a mount has an empty template
+        if handler is not None and getattr(handler, "is_mount", False) is True:
+            return _litestar_mount_template(scope, handler)
+        if router is None and scope.get("method") == "OPTIONS" and is_preflight(scope):
+            return _preflight_template(scope)
     except Exception:
         _report_once(
             "framework", "the route could not be read from the scope; labelled as unmatched"
@@ -204,7 +260,9 @@ class _RouterIndex:
         self.by_route: dict[int, list[_Entry]] = {}
         self.by_endpoint: dict[int, list[_Entry]] = {}
         self.opaque: list[_Entry] = []
+        self.entries: list[_Entry] = []  # in the router's matching order
         self.recovered: dict[tuple[int, str], str | None] = {}
+        self.preflight: list[tuple[re.Pattern[str], str]] | None = None  # built on first use
         self._walk(getattr(router, "routes", ()), "", depth=0)
         self.opaque.sort(key=lambda entry: len(entry.mounted), reverse=True)  # deepest first
 
@@ -238,6 +296,7 @@ class _RouterIndex:
 
     def _add(self, route: Any, template: str, mounted: str, kind: str, *, endpoint: Any) -> None:
         entry = _Entry(route, template, mounted, kind)
+        self.entries.append(entry)
         self.by_route.setdefault(id(route), []).append(entry)
         if endpoint is not None:
             self.by_endpoint.setdefault(id(endpoint), []).append(entry)
@@ -354,7 +413,108 @@ def _recover_prefix(index: _RouterIndex, scope: Scope) -> str | None:
         _report_once(
             "index", f"route {path_format!r} is not under the router; its mount prefix is unknown"
         )
-    if len(index.recovered) >= 1024:  # root_path holds path parameters: keep it bounded
-        index.recovered.clear()
-    index.recovered[key] = template
+    if len(mounted) <= _MEMO_MAX_TEXT:  # root_path holds path parameters: keep it bounded
+        if len(index.recovered) >= 1024:
+            index.recovered.clear()
+        index.recovered[key] = template
     return template
+
+
+# --- CORS preflights ---------------------------------------------------------------------
+#
+# Starlette's CORSMiddleware (FastAPI's too) answers a preflight before the router runs, so
+# no route is in the scope. The route it targets is found by matching the path against
+# the templates of the app's router (``scope["app"].router``, set by Starlette before its
+# middleware runs); only preflights pay for it.
+
+_CONVERTED_PARAM = re.compile(r"\{([^}:]+)(?::([^}]+))?\}")
+
+
+def _pattern_of(path: str) -> str:
+    """A regex for a Starlette path: ``{x:path}`` spans segments, other parameters do not."""
+    out: list[str] = []
+    last = 0
+    for match in _CONVERTED_PARAM.finditer(path):
+        out.append(re.escape(path[last : match.start()]))
+        out.append(".*" if match.group(2) == "path" else "[^/]+")
+        last = match.end()
+    out.append(re.escape(path[last:]))
+    return "".join(out)
+
+
+def _preflight_patterns(index: _RouterIndex) -> list[tuple[re.Pattern[str], str]]:
+    patterns: list[tuple[re.Pattern[str], str]] = []
+    for entry in index.entries:
+        if entry.kind == "mount":  # its routes are entries of their own
+            continue
+        own = getattr(entry.route, "path", None)
+        if not isinstance(own, str):
+            own = entry.template[len(entry.mounted) :]
+        prefix = _pattern_of(entry.mounted)
+        if entry.kind == "opaque":  # an app of its own below the prefix
+            regex = re.compile(f"{prefix}(?:/.*)?")
+            patterns.append((regex, entry.template + "/{path}"))
+        else:
+            patterns.append((re.compile(prefix + _pattern_of(own)), entry.template))
+    return patterns
+
+
+def _preflight_template(scope: Scope) -> str | None:
+    """The template of the route a CORS preflight targets, when the router can tell."""
+    router = getattr(scope.get("app"), "router", None)
+    if router is None or getattr(router, "routes", None) is None:
+        return None
+    index = _index_for(router, stale=True)
+    patterns = index.preflight
+    if patterns is None:
+        patterns = index.preflight = _preflight_patterns(index)
+    path = relative_path(scope)
+    for regex, template in patterns:
+        if regex.fullmatch(path):
+            return template
+    return None
+
+
+# --- Litestar mounts --------------------------------------------------------------------
+#
+# For ``@asgi(path, is_mount=True)`` Litestar leaves an empty ``path_template`` and the
+# handler in ``scope["route_handler"]``; the mount's full path (router prefixes included)
+# is the ``path`` of the app's route holding that handler, read from ``app.routes``.
+
+_litestar_mounts: dict[int, tuple[Any, dict[int, tuple[str, ...]]]] = {}
+
+
+def _litestar_mount_paths(app: Any) -> dict[int, tuple[str, ...]]:
+    found: dict[int, list[str]] = {}
+    for route in getattr(app, "routes", ()):
+        handler = getattr(route, "route_handler", None)
+        path = getattr(route, "path", None)
+        if getattr(handler, "is_mount", False) is True and isinstance(path, str):
+            found.setdefault(id(handler), []).append(path)
+    # Longest first: the most specific mount wins when a handler has several paths.
+    return {key: tuple(sorted(paths, key=len, reverse=True)) for key, paths in found.items()}
+
+
+def _litestar_mount_template(scope: Scope, handler: Any) -> str | None:
+    app = scope.get("litestar_app")
+    cached = _litestar_mounts.get(id(app))
+    if cached is None or cached[0] is not app or id(handler) not in cached[1]:
+        with _indexes_lock:  # first request on this app, or handlers registered since
+            if len(_litestar_mounts) > 64:
+                _litestar_mounts.clear()
+            cached = (app, _litestar_mount_paths(app))
+            _litestar_mounts[id(app)] = cached
+    paths = cached[1].get(id(handler))
+    if not paths:
+        _report_once(
+            "litestar", "a Litestar mount was not found in app.routes; labelled as unmatched"
+        )
+        return None
+    mount = paths[0]
+    if len(paths) > 1:  # Litestar rewrote scope["path"]; raw_path still holds the request's
+        raw = bytes(scope.get("raw_path") or b"").decode("latin-1")
+        root = scope.get("root_path", "")
+        if root and raw.startswith(root):
+            raw = raw[len(root) :]
+        mount = next((p for p in paths if raw == p or raw.startswith(p.rstrip("/") + "/")), mount)
+    return mount.rstrip("/") + "/{path}"

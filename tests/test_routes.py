@@ -2,28 +2,48 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
+from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
 from fastapi import APIRouter, FastAPI
-from litestar import Litestar, get
+from litestar import Litestar, Router, asgi, get
 from litestar.params import FromPath
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Host, Mount, Route
 
+from asgi_observe import Settings, instrument
 from asgi_observe.routes import (
     OVERFLOW_LABEL,
+    PREFLIGHT_LABEL,
     ROUTE_SCOPE_KEY,
     SUBROUTE_SCOPE_KEY,
+    UNMATCHED_LABEL,
     LabelCap,
+    is_preflight,
     normalize_method,
     resolve_route,
+    track_route,
+    unmatched_label,
 )
 from asgi_observe.types import ASGIApp, Message, Receive, Scope, Send
+from tests.logs.support import json_logs, lines, restore_logging
+from tests.metrics.helpers import value
+
+__all__ = ["json_logs", "restore_logging"]  # fixtures used here
 
 
 class RouteSpy:
@@ -296,3 +316,204 @@ async def test_a_sub_app_wrapped_in_middleware_keeps_its_mount_prefix() -> None:
 async def test_nothing_matched_inside_a_mounted_router_is_unmatched() -> None:
     app = Starlette(routes=[Mount("/api", routes=[Route("/items/{i}", ok)])])
     assert await templates_of(app, [("GET", "/api/missing")]) == [None]
+
+
+# --- through the whole stack: metrics, spans and access log share the resolution -------
+
+
+@contextlib.contextmanager
+def observed(app: Any, registry: CollectorRegistry) -> Iterator[tuple[Any, InMemorySpanExporter]]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(shutdown_on_exit=False)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    try:
+        yield instrument(app, Settings(), registry=registry, tracer_provider=provider), exporter
+    finally:
+        provider.shutdown()
+
+
+def stack_client(app: Any) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
+
+
+def server_span_routes(exporter: InMemorySpanExporter) -> list[tuple[str, object]]:
+    return [
+        (span.name, (span.attributes or {}).get("http.route"))
+        for span in exporter.get_finished_spans()
+        if span.kind is SpanKind.SERVER
+    ]
+
+
+async def litestar_files(scope: Scope, receive: Receive, send: Send) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"file"})
+
+
+@pytest.mark.parametrize("copy_scope", [None, True, False])
+@pytest.mark.filterwarnings("ignore:.*'copy_scope' not set:DeprecationWarning")
+async def test_litestar_mounted_asgi_app_gets_its_mount_path(
+    registry: CollectorRegistry,
+    json_logs: io.StringIO,
+    copy_scope: bool | None,
+) -> None:
+    """`/static/{path}` in metrics, span and access log; no LitestarWarning (an error here)."""
+    static = asgi("/static", is_mount=True, copy_scope=copy_scope)(litestar_files)
+    docs = asgi(["/docs", "/manual"], is_mount=True, copy_scope=copy_scope)(litestar_files)
+    app = Litestar([static, Router("/api", route_handlers=[docs])])
+    with observed(app, registry) as (stack, exporter):
+        async with stack_client(stack) as http:
+            for path in ("/static/css/site.css", "/static", "/api/manual/a/b", "/api/docs/x"):
+                assert (await http.get(path)).status_code == 200
+    assert (
+        value(registry, "http_requests_total", method="GET", status="200", handler="/static/{path}")
+        == 2
+    )
+    assert (
+        value(
+            registry,
+            "http_requests_total",
+            method="GET",
+            status="200",
+            handler="/api/manual/{path}",
+        )
+        == 1
+    )
+    assert (
+        value(
+            registry, "http_requests_total", method="GET", status="200", handler="/api/docs/{path}"
+        )
+        == 1
+    )
+    assert value(registry, "http_requests_total", method="GET", status="200", handler="none") == 0
+    assert server_span_routes(exporter) == [
+        ("GET /static/{path}", "/static/{path}"),
+        ("GET /static/{path}", "/static/{path}"),
+        ("GET /api/manual/{path}", "/api/manual/{path}"),
+        ("GET /api/docs/{path}", "/api/docs/{path}"),
+    ]
+    routes = [line["route"] for line in lines(json_logs) if line.get("event") == "request"]
+    assert routes == ["/static/{path}", "/static/{path}", "/api/manual/{path}", "/api/docs/{path}"]
+
+
+# --- CORS preflights answered before routing --------------------------------------------
+
+
+def cors_app() -> Starlette:
+    return Starlette(
+        routes=[
+            Route("/items/{item_id}", ok, methods=["GET", "DELETE"]),
+            Route("/files/{rest:path}", ok),
+            Mount("/v1", routes=[Route("/users/{uid:int}", ok)]),
+            Mount("/static", app=raw_endpoint),
+        ],
+        middleware=[
+            Middleware(CORSMiddleware, allow_origins=["https://app.example"], allow_methods=["*"])
+        ],
+    )
+
+
+def preflight(method: str = "DELETE") -> dict[str, str]:
+    return {"origin": "https://app.example", "access-control-request-method": method}
+
+
+async def test_cors_preflights_are_labelled_by_the_route_they_target(
+    registry: CollectorRegistry,
+) -> None:
+    with observed(cors_app(), registry) as (stack, exporter):
+        async with stack_client(stack) as http:
+            answers = [
+                await http.options(path, headers=preflight())
+                for path in (
+                    "/items/42",
+                    "/files/a/b.txt",
+                    "/v1/users/7",
+                    "/static/x.css",
+                    "/nowhere/1",
+                )
+            ]
+            refused = await http.options(
+                "/items/1", headers={**preflight(), "origin": "https://evil.example"}
+            )
+            not_found = await http.get("/nowhere")
+            plain_options = await http.options("/nowhere/2")
+    assert [answer.status_code for answer in answers] == [200] * 5  # answered by CORSMiddleware
+    assert refused.status_code == 400
+    assert not_found.status_code == 404
+    assert plain_options.status_code == 404
+
+    def count(handler: str, status: str = "200") -> float:
+        return value(
+            registry, "http_requests_total", method="OPTIONS", status=status, handler=handler
+        )
+
+    assert count("/items/{item_id}") == 1
+    assert count("/items/{item_id}", "400") == 1
+    assert count("/files/{rest}") == 1
+    assert count("/v1/users/{uid}") == 1
+    assert count("/static/{path}") == 1
+    assert count("preflight") == 1  # matches no route: its own bounded label
+    assert count("none") == 0
+    # 404s keep `none`, a plain OPTIONS (not a preflight) included.
+    assert value(registry, "http_requests_total", method="GET", status="404", handler="none") == 1
+    assert count("none", "404") == 1
+    assert server_span_routes(exporter)[:5] == [
+        ("OPTIONS /items/{item_id}", "/items/{item_id}"),
+        ("OPTIONS /files/{rest}", "/files/{rest}"),
+        ("OPTIONS /v1/users/{uid}", "/v1/users/{uid}"),
+        ("OPTIONS /static/{path}", "/static/{path}"),
+        ("OPTIONS", None),
+    ]
+
+
+async def test_fastapi_cors_preflight_is_labelled_by_its_route(registry: CollectorRegistry) -> None:
+    app = FastAPI()
+    app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"])
+
+    @app.put("/items/{item_id}")
+    async def update(item_id: int) -> dict[str, int]:
+        return {"item_id": item_id}
+
+    with observed(app, registry) as (stack, _):
+        async with stack_client(stack) as http:
+            assert (await http.options("/items/3", headers=preflight("PUT"))).status_code == 200
+            assert (await http.options("/other", headers=preflight("PUT"))).status_code == 200
+    assert (
+        value(
+            registry,
+            "http_requests_total",
+            method="OPTIONS",
+            status="200",
+            handler="/items/{item_id}",
+        )
+        == 1
+    )
+    assert (
+        value(registry, "http_requests_total", method="OPTIONS", status="200", handler="preflight")
+        == 1
+    )
+
+
+def test_preflight_detection() -> None:
+    headers = [(b"origin", b"https://a"), (b"Access-Control-Request-Method", b"GET")]
+    assert is_preflight({"type": "http", "method": "OPTIONS", "headers": headers})
+    assert not is_preflight({"type": "http", "method": "GET", "headers": headers})
+    assert not is_preflight({"type": "http", "method": "OPTIONS", "headers": headers[:1]})
+    assert (
+        unmatched_label({"type": "http", "method": "OPTIONS", "headers": headers})
+        == PREFLIGHT_LABEL
+    )
+    assert unmatched_label({"type": "http", "method": "GET", "headers": []}) == UNMATCHED_LABEL
+
+
+def test_route_resolution_writes_nothing_into_the_scope() -> None:
+    """Frameworks that compare scopes (Litestar) must see no new key appear mid-request."""
+    scope: Scope = {"type": "http", "path": "/x", ROUTE_SCOPE_KEY: "/x"}
+    before = dict(scope)
+    assert resolve_route(scope) == "/x"
+    assert scope == before
+    track_route(scope)
+    tracked = dict(scope)
+    assert resolve_route(scope) == "/x"
+    scope[ROUTE_SCOPE_KEY] = "/changed"
+    assert resolve_route(scope) == "/x"  # one resolution per request, kept in its slot
+    assert tracked.keys() == scope.keys()

@@ -16,7 +16,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from asgi_observe.metrics._per_registry import PerRegistry
-from asgi_observe.routes import UNMATCHED_LABEL, LabelCap, normalize_method, peek_route
+from asgi_observe.routes import LabelCap, normalize_method, peek_route, unmatched_label
 from asgi_observe.types import Scope
 
 __all__ = ["HttpMetrics", "InFlight", "http_metrics_for"]
@@ -47,7 +47,7 @@ class InFlight(Collector):
         counts = dict.fromkeys(self._seen, 0)
         for scope in list(self.active.values()):  # list() is atomic under the GIL
             template = peek_route(scope)
-            handler = UNMATCHED_LABEL if template is None else self._handlers.bound(template)
+            handler = unmatched_label(scope) if template is None else self._handlers.bound(template)
             key = (normalize_method(scope.get("method")), handler)
             counts[key] = counts.get(key, 0) + 1
         self._seen.update(counts)

@@ -26,7 +26,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.util import types
 
 from asgi_observe.net import IPNetwork, client_ip, parse_networks
-from asgi_observe.routes import KNOWN_METHODS, RouteResolver, resolve_route
+from asgi_observe.routes import KNOWN_METHODS, RouteResolver, resolve_route, track_route
 from asgi_observe.tracing.api import (
     APP_TRACER_NAME,
     INSTRUMENTATION_NAME,
@@ -45,7 +45,10 @@ REQUEST_ID_SCOPE_KEY = "asgi_observe.request_id"
 
 _SERVER = SpanKind.SERVER
 _TEXT_CACHE_SIZE = 4096
-_MEMO_MAX_QUERY = 256  # longer queries are redacted each time, not kept
+# Longer values are redacted each time, not kept: an entry count alone bounds nothing
+# when every request brings a new 8 KB path, host or user agent. 4096 entries of at most
+# 256 characters (key and value) keep each memo under a few megabytes.
+_MEMO_MAX_TEXT = 256
 _PLAIN_ID = re.compile(
     r"[0-9a-fA-F]{32}|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 )
@@ -83,16 +86,36 @@ def _compile_excluded(excluded_urls: Iterable[str] | str | None) -> re.Pattern[s
         raise ValueError(msg) from None
 
 
+def _port(text: str) -> int | None:
+    """A TCP port of 1-5 ASCII digits in 1-65535, else None.
+
+    ``str.isdigit`` alone would accept ``١٢٣`` (Arabic-Indic digits, which ``int`` reads
+    as 123) and ``²``; a port past 65535 (or past int64, which OTLP cannot encode) would
+    be an invalid ``server.port``. Such ports are dropped, the address kept.
+    """
+    if 0 < len(text) <= 5 and text.isascii() and text.isdigit():
+        port = int(text)
+        if 0 < port <= 65535:  # port 0 is reserved: no server listens on it
+            return port
+    return None
+
+
 def _split_host(host: str) -> tuple[str, int | None]:
-    """``example.com:8080`` / ``[::1]:8000`` / ``example.com`` → (address, port)."""
+    """``example.com:8080`` / ``[::1]:8000`` / ``example.com`` → (address, port).
+
+    The ``Host`` header is untrusted: a port that is not a valid TCP port (``host:99999``,
+    ``host:-1``, ``host:12a``, ``host:١٢٣``) is dropped and the address kept, so the span
+    keeps its other attributes and the exporter never sees an invalid value.
+    """
     if host.startswith("["):
         end = host.find("]")
         if end != -1:
-            port = host[end + 2 :]
-            return host[1:end], int(port) if port.isdigit() else None
-    name, sep, port = host.rpartition(":")
-    if sep and port.isdigit() and ":" not in name:
-        return name, int(port)
+            rest = host[end + 1 :]
+            port = _port(rest[1:]) if rest.startswith(":") else None
+            return host[1:end], port
+    name, sep, port_text = host.rpartition(":")
+    if sep and ":" not in name:
+        return name, _port(port_text)
     return host, None
 
 
@@ -225,6 +248,7 @@ class TracingMiddleware:
         if self._excluded is not None and self._is_excluded(scope):
             await self.app(scope, receive, send)
             return
+        track_route(scope)  # before the app runs: see `track_route`
         try:
             span, token, name, host, agent = self._start(scope)
         except Exception:
@@ -283,9 +307,10 @@ class TracingMiddleware:
         cached = self._texts.get(raw)
         if cached is None:
             cached = redact_text(raw.decode("latin-1") if isinstance(raw, bytes) else raw)
-            if len(self._texts) >= _TEXT_CACHE_SIZE:
-                self._texts.clear()  # bounded: a flood of unique values cannot grow it
-            self._texts[raw] = cached
+            if len(raw) <= _MEMO_MAX_TEXT:  # bounded in bytes as well as in entries
+                if len(self._texts) >= _TEXT_CACHE_SIZE:
+                    self._texts.clear()  # a flood of unique values cannot grow it
+                self._texts[raw] = cached
         return cached
 
     def _redacted_query(self, raw: bytes) -> str:
@@ -294,20 +319,22 @@ class TracingMiddleware:
         cached = self._queries.get(raw)
         if cached is None:
             cached = redact_query(raw.decode("latin-1"))
-            if len(raw) <= _MEMO_MAX_QUERY:
+            if len(raw) <= _MEMO_MAX_TEXT:
                 if len(self._queries) >= _TEXT_CACHE_SIZE:
                     self._queries.clear()
                 self._queries[raw] = cached
         return cached
 
     def _server(self, host: bytes) -> tuple[str, int | None]:
+        """``server.address`` (redacted) and ``server.port`` from a ``Host`` header."""
         found = self._hosts.get(host)
         if found is None:
             address, port = _split_host(host.decode("latin-1"))
             found = (redact_text(address), port)
-            if len(self._hosts) >= _TEXT_CACHE_SIZE:
-                self._hosts.clear()
-            self._hosts[host] = found
+            if len(host) <= _MEMO_MAX_TEXT:
+                if len(self._hosts) >= _TEXT_CACHE_SIZE:
+                    self._hosts.clear()
+                self._hosts[host] = found
         return found
 
     def _request_attributes(

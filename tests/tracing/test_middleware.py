@@ -8,6 +8,7 @@ import logging
 import httpx
 import pytest
 from opentelemetry import baggage, trace
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -22,6 +23,7 @@ from asgi_observe.logs.access import AccessLogMiddleware
 from asgi_observe.tracing import TracingMiddleware, add_span_attributes, tracer
 from asgi_observe.tracing import api as tracing_api
 from asgi_observe.types import ASGIApp, Message, Receive, Scope, Send
+from tests.tracing.otlp_receivers import http_receiver
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
@@ -573,3 +575,110 @@ async def test_fastapi_native_telemetry_leaves_the_request_to_us(
     assert span.name == "GET /tours/{tour_id}"
     assert seen == [format(span.context.trace_id, "032x")]
     assert {format(s.context.trace_id, "032x") for s in exporter.get_finished_spans()} == set(seen)
+
+
+# --- untrusted Host header ------------------------------------------------------------
+
+BAD_PORT_HOSTS = [
+    ("example.com:99999", "example.com"),
+    ("example.com:-1", "example.com"),
+    ("example.com:0", "example.com"),
+    ("example.com:\u0661\u0662\u0663", "example.com"),  # Arabic-Indic digits: isdigit() is True
+    ("example.com:12a", "example.com"),
+    ("example.com:\u00b2", "example.com"),  # a latin-1 superscript: isdigit(), but int() raises
+    ("example.com:", "example.com"),
+    ("example.com:99999999999999999999999", "example.com"),  # past int64: OTLP cannot encode it
+    ("[::1]:99999", "::1"),
+    ("[::1]:\u0661", "::1"),
+]
+
+
+def wire(host: str) -> bytes:
+    """The header bytes: latin-1 where it can encode them (as servers decode), else UTF-8."""
+    try:
+        return host.encode("latin-1")
+    except UnicodeEncodeError:
+        return host.encode("utf-8")
+
+
+@pytest.mark.parametrize(("host", "address"), BAD_PORT_HOSTS)
+async def test_host_with_an_invalid_port_keeps_the_address_and_drops_the_port(
+    provider: TracerProvider, exporter: InMemorySpanExporter, host: str, address: str
+) -> None:
+    app = TracingMiddleware(starlette_app(), tracer_provider=provider)
+    async with client(app) as http:
+        response = await http.get("/items/7", headers={b"host": wire(host)})
+    assert response.status_code == 200
+    attributes = dict(only_server_span(exporter).attributes or {})
+    assert attributes["server.address"] == address
+    assert "server.port" not in attributes
+    # The span keeps everything else.
+    assert attributes["http.route"] == "/items/{item_id}"
+    assert attributes["http.response.status_code"] == 200
+    assert attributes["url.path"] == "/items/7"
+
+
+@pytest.mark.parametrize(
+    ("host", "address", "port"),
+    [
+        ("[::1]:8080", "::1", 8080),
+        ("[2001:db8::1]:443", "2001:db8::1", 443),
+        ("example.com:65535", "example.com", 65535),
+        ("example.com:1", "example.com", 1),
+    ],
+)
+async def test_valid_hosts_give_address_and_port(
+    provider: TracerProvider, exporter: InMemorySpanExporter, host: str, address: str, port: int
+) -> None:
+    app = TracingMiddleware(starlette_app(), tracer_provider=provider)
+    async with client(app) as http:
+        await http.get("/items/7", headers={"host": host})
+    attributes = dict(only_server_span(exporter).attributes or {})
+    assert attributes["server.address"] == address
+    assert attributes["server.port"] == port
+
+
+@pytest.mark.parametrize("host", ["[::1]", "::1"])
+async def test_ipv6_host_without_port(
+    provider: TracerProvider, exporter: InMemorySpanExporter, host: str
+) -> None:
+    app = TracingMiddleware(starlette_app(), tracer_provider=provider)
+    async with client(app) as http:
+        await http.get("/items/7", headers={"host": host})
+    attributes = dict(only_server_span(exporter).attributes or {})
+    assert attributes["server.address"] == "::1"
+    assert "server.port" not in attributes
+
+
+@pytest.mark.realparts
+async def test_spans_with_untrusted_host_ports_are_accepted_by_an_otlp_exporter(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Over the real wire: every span arrives, with its attributes, and no export fails."""
+    with http_receiver() as receiver:
+        provider = TracerProvider(shutdown_on_exit=False)
+        provider.add_span_processor(
+            SimpleSpanProcessor(OTLPSpanExporter(endpoint=f"{receiver.endpoint}/v1/traces"))
+        )
+        try:
+            app = TracingMiddleware(starlette_app(), tracer_provider=provider)
+            hosts = [host for host, _ in BAD_PORT_HOSTS] + ["[::1]:8080"]
+            with caplog.at_level(logging.WARNING):
+                async with client(app) as http:
+                    for host in hosts:
+                        await http.get("/items/7", headers={b"host": wire(host)})
+                provider.force_flush()
+                # Each request also has the app's own "load item" span.
+                received = receiver.wait_for(2 * len(hosts))
+        finally:
+            provider.shutdown()
+    spans = [span for span in received if span.kind == 2]  # SPAN_KIND_SERVER
+    assert len(spans) == len(hosts)
+    assert not [r for r in caplog.records if "export" in r.getMessage().lower()]
+    by_address = [
+        (span.attributes["server.address"], span.attributes.get("server.port")) for span in spans
+    ]
+    assert by_address == [(address, None) for _, address in BAD_PORT_HOSTS] + [("::1", 8080)]
+    for span in spans:
+        assert span.attributes["http.route"] == "/items/{item_id}"
+        assert span.attributes["http.response.status_code"] == 200

@@ -1,0 +1,113 @@
+"""Memory stays bounded in bytes when every request carries large, never-repeated values.
+
+Per-process caches keyed by request data (memoised redactions of paths, hosts, user
+agents and queries, route lookups) are bounded by entry count; an entry count alone is
+no bound when each key is 8 KB. This drives the whole `instrument()` stack with unique
+8 KB paths, hosts and user agents and checks the process does not keep them.
+"""
+
+from __future__ import annotations
+
+import base64
+import gc
+import os
+from collections.abc import Iterator
+
+import httpx
+import psutil
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client import CollectorRegistry
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+from asgi_observe import Settings, instrument
+from asgi_observe.pii import is_sensitive_key
+
+pytestmark = pytest.mark.slow
+
+_SAMPLED_PARENT = "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01"
+_REQUESTS = 4_000
+_WARM_UP = 400
+_MAX_GROWTH = 20 * 1024 * 1024
+
+
+def _unique(size: int = 8192) -> str:
+    """`size` random URL- and header-safe characters, never seen before."""
+    return base64.urlsafe_b64encode(os.urandom(size * 3 // 4)).decode("ascii")
+
+
+async def _hello(request: Request) -> PlainTextResponse:
+    return PlainTextResponse("hello")
+
+
+@pytest.fixture
+def exporter() -> InMemorySpanExporter:
+    return InMemorySpanExporter()
+
+
+@pytest.fixture
+def provider(exporter: InMemorySpanExporter) -> Iterator[TracerProvider]:
+    provider = TracerProvider(shutdown_on_exit=False)  # parent-based: a sampled parent samples
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    yield provider
+    provider.shutdown()
+
+
+def _rss() -> int:
+    gc.collect()
+    return int(psutil.Process().memory_info().rss)
+
+
+async def test_unique_8kb_paths_hosts_and_agents_do_not_grow_memory(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    app = Starlette(routes=[Route("/hello", _hello)])
+    observed = instrument(app, Settings(), registry=CollectorRegistry(), tracer_provider=provider)
+    transport = httpx.ASGITransport(app=observed)
+
+    async def send_unique(http: httpx.AsyncClient) -> None:
+        response = await http.get(
+            f"/{_unique()}",
+            params={"q": _unique(2048)},
+            headers={
+                "host": _unique(),
+                "user-agent": _unique(),
+                "traceparent": _SAMPLED_PARENT,
+            },
+        )
+        assert response.status_code == 404
+
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        for _ in range(_WARM_UP):
+            await send_unique(http)
+        spans = exporter.get_finished_spans()
+        assert len(spans) == _WARM_UP  # every request was traced with its attributes
+        assert len(str((spans[-1].attributes or {})["user_agent.original"])) >= 8000
+        exporter.clear()
+        before = _rss()
+        for done in range(1, _REQUESTS + 1):
+            await send_unique(http)
+            if done % 500 == 0:
+                assert len(exporter.get_finished_spans()) == 500
+                exporter.clear()
+        after = _rss()
+    growth = after - before
+    assert growth < _MAX_GROWTH, f"RSS grew by {growth / 1e6:.1f} MB over {_REQUESTS} requests"
+
+
+def test_unique_8kb_log_keys_do_not_grow_memory() -> None:
+    """Log field names can come from user data (a JSON body logged as is)."""
+    keys = [_unique() for _ in range(50)]
+    for key in keys:
+        is_sensitive_key(key)
+    del keys
+    before = _rss()
+    for _ in range(_REQUESTS):
+        assert not is_sensitive_key(_unique())
+    growth = _rss() - before
+    assert growth < _MAX_GROWTH, f"RSS grew by {growth / 1e6:.1f} MB over {_REQUESTS} keys"
