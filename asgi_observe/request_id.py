@@ -127,6 +127,11 @@ class _RateLimitedWarning:
         )
 
 
+def _is_header(name: bytes, wanted: bytes) -> bool:
+    """`name` is `wanted` (lowercase) in any letter case; the common case costs one compare."""
+    return name == wanted or (len(name) == len(wanted) and bytes(name).lower() == wanted)
+
+
 class RequestIdMiddleware:
     """Give every HTTP request and websocket connection an id; echo it; bind it for logs.
 
@@ -137,7 +142,9 @@ class RequestIdMiddleware:
     and in ``scope["asgi_observe.request_id"]``; both contextvars are reset when the
     request ends. It is echoed in the response headers (and in the headers of a
     websocket's ``websocket.accept``), including responses sent by inner error handlers
-    such as Starlette's ``ServerErrorMiddleware``. When the app raises *without* having
+    such as Starlette's ``ServerErrorMiddleware``. When the app already set the header
+    itself (in any letter case), its value wins and no second header is added; logs and
+    spans still carry the id chosen here. When the app raises *without* having
     started a response, the server writes its own 500 and no middleware can add headers
     to it. Lifespan scopes pass through; a scope that already carries an id (an outer
     instance ran) passes through too.
@@ -219,12 +226,14 @@ class RequestIdMiddleware:
 
         async def send_with_request_id(message: Message) -> None:
             if message["type"] == start_type:
-                # A new list and message: frameworks may reuse the headers list of a
-                # response object, which must not grow with every request. An id the
-                # app set itself is replaced (ASGI header names are lowercase).
-                headers = [item for item in message.get("headers") or () if item[0] != wanted]
-                headers.append(header)
-                message = {**message, "headers": headers}
+                headers = message.get("headers") or ()
+                # An id the app set itself wins, in any letter case: the ASGI spec asks
+                # for lowercase names, but servers pass what apps send onto the wire,
+                # and two X-Request-ID headers would confuse every proxy and client.
+                if not any(_is_header(name, wanted) for name, _ in headers):
+                    # A new list and message: frameworks may reuse the headers list of a
+                    # response object, which must not grow with every request.
+                    message = {**message, "headers": [*headers, header]}
             await send(message)
 
         token = request_id_var.set(request_id)

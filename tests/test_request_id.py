@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import socket
 import uuid
 from typing import Any
 
@@ -200,8 +201,8 @@ async def test_context_is_reset_after_each_request() -> None:
         structlog.contextvars.unbind_contextvars("request_id")
 
 
-async def test_app_set_header_is_replaced_and_response_headers_are_not_mutated() -> None:
-    shared_headers = [(b"content-type", b"text/plain"), (b"x-request-id", b"from-app")]
+async def test_response_headers_are_not_mutated() -> None:
+    shared_headers = [(b"content-type", b"text/plain")]
 
     async def raw_app(scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": shared_headers})
@@ -212,7 +213,88 @@ async def test_app_set_header_is_replaced_and_response_headers_are_not_mutated()
         second = await client.get("/", headers={"X-Request-ID": "two"})
     assert first.headers.get_list("x-request-id") == ["one"]
     assert second.headers.get_list("x-request-id") == ["two"]
-    assert shared_headers == [(b"content-type", b"text/plain"), (b"x-request-id", b"from-app")]
+    assert shared_headers == [(b"content-type", b"text/plain")]
+
+
+async def _sent_headers(
+    middleware: RequestIdMiddleware, request_headers: list[tuple[bytes, bytes]]
+) -> list[tuple[bytes, bytes]]:
+    """The raw header list of the ``http.response.start`` the server would put on the wire."""
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await middleware(_http_scope("/", request_headers), receive, send)
+    return [tuple(item) for item in sent[0]["headers"]]
+
+
+@pytest.mark.parametrize("name", [b"x-request-id", b"X-Request-ID", b"X-REQUEST-ID"])
+async def test_an_id_the_app_set_wins_in_any_letter_case(name: bytes) -> None:
+    shared_headers = [(b"content-type", b"text/plain"), (name, b"from-app")]
+
+    async def raw_app(scope: Scope, receive: Receive, send: Send) -> None:
+        assert scope[SCOPE_KEY] == "incoming-1"  # logs and spans still carry this one
+        await send({"type": "http.response.start", "status": 200, "headers": shared_headers})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    headers = await _sent_headers(RequestIdMiddleware(raw_app), [(b"x-request-id", b"incoming-1")])
+    assert headers == [(b"content-type", b"text/plain"), (name, b"from-app")]
+    assert shared_headers == [(b"content-type", b"text/plain"), (name, b"from-app")]
+
+
+@pytest.mark.parametrize("name", [b"x-correlation-id", b"X-Correlation-ID", b"X-CORRELATION-ID"])
+async def test_an_id_the_app_set_wins_under_a_configured_header_name(name: bytes) -> None:
+    async def raw_app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [(name, b"mine")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    middleware = RequestIdMiddleware(raw_app, header_name="X-Correlation-ID")
+    assert await _sent_headers(middleware, []) == [(name, b"mine")]
+
+    # A header that merely shares a prefix or the length is not the id header.
+    async def other_app(scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [(b"x-correlation-iz", b"1"), (b"x-correlation", b"2")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    sent = await _sent_headers(
+        RequestIdMiddleware(other_app, header_name="X-Correlation-ID"),
+        [(b"x-correlation-id", b"req-9")],
+    )
+    assert sent == [
+        (b"x-correlation-iz", b"1"),
+        (b"x-correlation", b"2"),
+        (b"x-correlation-id", b"req-9"),
+    ]
+
+
+def _raw_response(port: int, request_id: str) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+        conn.sendall(
+            f"GET / HTTP/1.1\r\nHost: t\r\nX-Request-ID: {request_id}\r\n"
+            "Connection: close\r\n\r\n".encode("ascii")
+        )
+        chunks = []
+        while chunk := conn.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_an_id_the_app_set_is_the_only_one_on_the_wire() -> None:
+    async def raw_app(scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [(b"X-REQUEST-ID", b"from-app"), (b"content-length", b"2")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    with run_uvicorn(RequestIdMiddleware(raw_app), lifespan="off") as server:
+        response = _raw_response(server.port, "incoming-2")
+    head = response.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+    ids = [line for line in head if line.lower().startswith(b"x-request-id:")]
+    assert [line.split(b":", 1)[1].strip() for line in ids] == [b"from-app"]
 
 
 async def test_custom_header_validator_and_generator() -> None:
