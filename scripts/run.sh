@@ -10,12 +10,18 @@ PORT=${PORT:-8000}
 APP=${APP:-examples.baliblissed:create_app}
 
 compose() {
-  if docker compose version >/dev/null 2>&1; then
+  # Two different problems, two different fixes: no Docker at all, or Docker without
+  # the compose plugin (and no standalone docker-compose either).
+  if ! command -v docker >/dev/null 2>&1 && ! command -v docker-compose >/dev/null 2>&1; then
+    echo "Docker is not installed (no 'docker' on PATH): install Docker Engine or Docker Desktop to run the local stack (https://docs.docker.com/get-docker/)" >&2
+    exit 1
+  fi
+  if command -v docker >/dev/null 2>&1 && docker compose version >/dev/null 2>&1; then
     docker compose -f compose/docker-compose.yaml --profile otel "$@"
   elif command -v docker-compose >/dev/null 2>&1; then
     docker-compose -f compose/docker-compose.yaml --profile otel "$@"
   else
-    echo "docker compose is not available: install Docker to run the local stack" >&2
+    echo "Docker is installed but the compose plugin is not ('docker compose version' failed and there is no 'docker-compose'): install the Docker Compose plugin (https://docs.docker.com/compose/install/)" >&2
     exit 1
   fi
 }
