@@ -15,9 +15,19 @@ digit runs inside hex ids or dotted addresses never match.
 from __future__ import annotations
 
 import datetime
+import itertools
 import math
 import re
-from collections.abc import Callable, Collection, Iterable, Mapping, MutableMapping
+from collections.abc import (
+    Callable,
+    Collection,
+    ItemsView,
+    Iterable,
+    KeysView,
+    Mapping,
+    MutableMapping,
+    ValuesView,
+)
 from typing import Any, overload
 from urllib.parse import quote, unquote_plus
 
@@ -26,19 +36,23 @@ from structlog.typing import EventDict, WrappedLogger
 __all__ = [
     "DEFAULT_SENSITIVE_QUERY_PARAMS",
     "MAX_DEPTH",
+    "MAX_ITEMS",
     "MAX_QUERY_LENGTH",
     "MAX_QUERY_PARAMS",
     "PII_PATTERNS",
     "REDACTED",
     "SENSITIVE_KEYS",
+    "TRUNCATED",
     "PIIRedactor",
     "Replacement",
     "is_sensitive_key",
     "luhn_valid",
     "redact",
+    "redact_path",
     "redact_plain_values",
     "redact_query",
     "redact_text",
+    "redact_url_queries",
 ]
 
 REDACTED = "[REDACTED]"
@@ -46,6 +60,12 @@ REDACTED = "[REDACTED]"
 
 MAX_DEPTH = 8
 """Containers nested deeper than this are cut (this also stops reference cycles)."""
+
+MAX_ITEMS = 1000
+"""`redact` keeps this many items of a list, tuple, set or mapping; the rest is counted."""
+
+TRUNCATED = "[TRUNCATED]"
+"""What marks the items `redact` left out of a container longer than `MAX_ITEMS`."""
 
 SENSITIVE_KEYS: tuple[str, ...] = (
     "authorization",
@@ -129,39 +149,62 @@ def _only_digits(text: str) -> str:
 
 
 _URL_CREDENTIALS = re.compile(r"(://)[^\s/@:]+:[^\s/@]*@", _A)
+# ``Cookie:``/``Set-Cookie:`` headers written out in free text (a header dump, a repr):
+# the whole value goes, to the end of the line or of the quoted string it sits in.
+_COOKIE_HEADER = re.compile(
+    r"(?i)(?<![\w\-])((?:set[_\-])?cookie2?[\"']?\s*:\s*)"
+    r"(?:(?P<quote>[\"'])(?:(?!(?P=quote))[^\r\n])*(?P=quote)?|[^\r\n\"]+)",
+    _A,
+)
 _JWT = re.compile(r"eyJ[\w\-]+\.[\w\-]+\.[\w\-]*(?:\.[\w\-]*){0,2}", _A)
 _AUTH_SCHEME = re.compile(r"(?i)\b(bearer|basic)(\s+)[\w.~+/\-]{6,}=*", _A)
 _SECRET_ASSIGNMENT = re.compile(
     r"(?i)(?<![\w\-])"
-    r"((?:[\w\-]*[_\-])?(?:password|passwd|pwd|secret|token|api[_\-]?key)"
+    # bracketed form names too: ``user[password]=``, ``password[]=``, ``a[b][token]=``
+    r"((?:[\w\-]*[_\-\[])?(?:password|passwd|pwd|secret|token|api[_\-]?key)\]?(?:\[[\w\-]*\])*"
     r"[\"']?\s*[=:]\s*[\"']?)"
     r"(?!\[REDACTED)[^\s\"'&,;}]+",
     _A,
 )
+# Not ASCII-only: internationalised addresses (RFC 6531: ``josé@example.com``) and
+# domains (IDNA: ``bob@münchen.de``) are personal data too. Underscores and digits are
+# kept out of a domain's last label, which therefore starts with a letter of any script.
 _EMAIL = re.compile(
-    r"(?<![\w.!#$%*+^~\-])[\w.!#$%*+^~\-]{1,64}(?:@|%40)(?:[A-Za-z0-9\-]{1,63}\.)+[A-Za-z][A-Za-z0-9\-]{0,62}"
-    r"(?![\w\-])",
-    _A,
+    r"(?<![\w.!#$%*+^~\-])[\w.!#$%*+^~\-]{1,64}(?:@|%40)(?:[^\W_][\w\-]{0,62}\.)+[^\W\d_][\w\-]{0,62}"
+    r"(?![\w\-])"
 )
-_NUMBERS = re.compile(
-    _NUM_START
-    + r"(?:"
+# A number ends where no letter or digit follows, nor a ``_``/``-`` that is not joining a
+# word to it (``4111111111111111_visa`` is a card; ``555-123-45678`` is not a phone).
+_NUM_END_JOINED = r"(?![^\W_]|[_\-](?![A-Za-z])|\.\d)"
+_NUMBER_KINDS = (
+    r"(?:"
     # payment cards: 13-19 digits, first 2-6 (the card networks; epoch-millisecond and
-    # nanosecond timestamps start with 1), single spaces or dashes anywhere; Luhn-checked
-    + r"(?P<card>[2-6]\d{3}(?:[ \-]?\d){9,15})"
+    # nanosecond timestamps start with 1), written as one run, in groups of four (the
+    # last one shorter) or as 4-6-5/4-6-4, one separator throughout; Luhn-checked.
+    # Groups of two (``2024-01-01 2024-12-31``) are dates, never cards.
+    r"(?P<card>[2-6]\d{3}(?:\d{9,15}|(?P<sep>[ \-])"
+    r"(?:\d{4}(?:(?P=sep)\d{4}){1,2}(?:(?P=sep)\d{1,4})?|\d{6}(?P=sep)\d{4,5})))"
     # US social security numbers, without the ranges the SSA never issues
-    + r"|(?P<ssn>(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4})"
+    r"|(?P<ssn>(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4})"
     # international phones: +CC then separator-led groups (unambiguous: no backtracking
     # blow-up on long digit runs), or +CC and the number written without separators
-    + r"|(?P<intl>\+\d{1,3}(?:[ .\-]?\(\d{1,4}\)[ .\-]?\d{1,12}|[ .\-]\d{1,12}){1,6}|\+\d{8,15})"
+    r"|(?P<intl>\+\d{1,3}(?:[ .\-]?\(\d{1,4}\)[ .\-]?\d{1,12}|[ .\-]\d{1,12}){1,6}|\+\d{8,15})"
     # North American: (555) 123-4567, 555-123-4567, 555.123.4567, 555 123 4567
-    + r"|(?P<nanp>(?:\(\d{3}\)[ .\-]?|\d{3}[ .\-])\d{3}[ .\-]\d{4})"
+    r"|(?P<nanp>(?:\(\d{3}\)[ .\-]?|\d{3}[ .\-])\d{3}[ .\-]\d{4})"
     # national numbers with a trunk 0: 0812-3456-7890, 020 7946 0958, 081234567890
-    + r"|(?P<national>0\d{1,4}(?:[ \-]\d{2,5}){1,3}|0[1-9]\d{7,11})"
-    + r")"
-    + _NUM_END,
-    _A,
+    r"|(?P<national>0\d{1,4}(?:[ \-]\d{2,5}){1,3}|0[1-9]\d{7,11})"
+    r")"
 )
+_NUMBERS = re.compile(_NUM_START + _NUMBER_KINDS + _NUM_END_JOINED, _A)
+# The same numbers right after a letter and a ``_`` or ``-`` (``card_4111...``,
+# ``ssn_123-45-6789``, ``phone-+14155552671``); `_number` checks that the word before is
+# made of letters only (`_JOINED_WORDS`). Run only when `_joined_candidate` finds one:
+# an alternation of start rules costs twice the scan.
+_JOINED_NUMBERS = re.compile(r"(?<=[A-Za-z][_\-])" + _NUMBER_KINDS + _NUM_END_JOINED, _A)
+# The words a number may be joined to: letters only, up to four of them joined by ``_``
+# or ``-``, starting a token. Hex segments of UUIDs and ids (``41d4-a716-4466...``) and
+# codes such as ``ORD-2024-000123`` never qualify.
+_JOINED_WORDS = re.compile(r"(?<![\w\-])(?:[A-Za-z]+[_\-]){1,4}\Z", _A)
 
 
 _DIGIT_GROUP = re.compile(r"\d+", _A)
@@ -188,35 +231,90 @@ def _card(text: str) -> str:
     return text
 
 
+# The words a number may be joined to: letters only, up to four of them joined by ``_``
+# or ``-``, starting a token. Hex segments of UUIDs and ids (``41d4-a716-4466...``) and
+# codes such as ``ORD-2024-000123`` never qualify.
+_JOINED_WORDS = re.compile(r"(?<![\w\-])(?:[A-Za-z]+[_\-]){1,4}\Z", _A)
+
+
 def _number(match: re.Match[str]) -> str:
-    kind = match.lastgroup
     text = match.group()
-    if kind == "ssn":
+    if match.re is _JOINED_NUMBERS:
+        start = match.start()
+        if _JOINED_WORDS.search(match.string, max(0, start - 80), start) is None:
+            return text
+    if match.group("ssn") is not None:
         return "[REDACTED_SSN]"
     digits = _only_digits(text)
-    if kind == "card":
+    if match.group("card") is not None:
         return "[REDACTED_CC]" if luhn_valid(digits) else _card(text)
-    if kind == "nanp":
+    if match.group("nanp") is not None:
         return "[REDACTED_PHONE]"
-    low = 9 if kind == "national" else 8
+    low = 9 if match.group("national") is not None else 8
     return "[REDACTED_PHONE]" if low <= len(digits) <= 15 else text
+
+
+def _numbers(text: str) -> str:
+    """`_NUMBERS`, and `_JOINED_NUMBERS` where a word may be joined to a number."""
+    text = _NUMBERS.sub(_number, text)
+    if _joined_candidate(text):
+        text = _JOINED_NUMBERS.sub(_number, text)
+    return text
+
+
+# One byte per character class: letters "a", "_" and "-" "_", what a number starts with
+# "d", anything else "x"; a joined number needs "x" (or the start), letters, "_", "d".
+_JOIN_SHAPE = bytes(
+    ord("a")
+    if chr(byte).isascii() and chr(byte).isalpha()
+    else ord("_")
+    if chr(byte) in "_-"
+    else ord("d")
+    if chr(byte) in "0123456789+("
+    else ord("x")
+    for byte in range(256)
+)
+
+
+def _joined_candidate(text: str) -> bool:
+    """Whether `text` holds a run of letters starting a token, then ``_``/``-`` and a digit,
+    ``+`` or ``(``: a few byte searches, so texts with UUIDs and hex ids cost no regex."""
+    shape = text.encode("utf-8", "ignore").translate(_JOIN_SHAPE)
+    index = shape.find(b"a_d")
+    while index >= 0:
+        before = index
+        while before > 0 and shape[before - 1] in b"a_":
+            before -= 1
+        if (before == 0 or shape[before - 1] == ord("x")) and shape[before] == ord("a"):
+            return True
+        index = shape.find(b"a_d", index + 1)
+    return False
+
+
+def _cookie(match: re.Match[str]) -> str:
+    quote = match.group("quote") or ""
+    return f"{match.group(1)}{quote}{REDACTED}{quote}"
 
 
 PII_PATTERNS: list[tuple[re.Pattern[str], Replacement]] = [
     (_URL_CREDENTIALS, r"\1[REDACTED]@"),
     (_JWT, "[REDACTED_JWT]"),
     (_AUTH_SCHEME, r"\1\2[REDACTED]"),
+    (_COOKIE_HEADER, _cookie),
     (_SECRET_ASSIGNMENT, r"\1[REDACTED]"),
     (_EMAIL, "[REDACTED_EMAIL]"),
     (_NUMBERS, _number),
+    (_JOINED_NUMBERS, _number),
 ]
 """The (compiled pattern, replacement) pairs applied, in order, to every string.
 
 Edit it in place (``PII_PATTERNS.append((re.compile(...), "[REDACTED_X]"))``) to add
 your own; replacements may be functions of the match, as with `re.sub`. The defaults
-are: credentials in URLs, JWTs, ``Bearer``/``Basic`` credentials, ``password=...``-style
-assignments in free text, e-mail addresses, and one pattern for numbers (payment cards,
-Luhn-checked; SSNs; phone numbers, digit-count-checked). While the list holds exactly
+are: credentials in URLs, JWTs, ``Bearer``/``Basic`` credentials, ``Cookie:`` and
+``Set-Cookie:`` header values, ``password=...``-style assignments in free text (also
+bracketed: ``user[password]=``), e-mail addresses (internationalised too), and one
+pattern for numbers (payment cards, Luhn-checked; SSNs; phone numbers,
+digit-count-checked), also when joined to a word by ``_`` or ``-`` (``card_4111...``). While the list holds exactly
 the defaults, cheap checks skip the patterns a string cannot match; once it is changed
 every pattern runs on every string.
 """
@@ -236,6 +334,7 @@ def _redact_defaults(text: str) -> str:
     jwt = "eyJ" in text
     lowered = text.lower()
     scheme = "bearer" in lowered or "basic" in lowered
+    cookie = ":" in text and "cookie" in lowered
     assignment = ("=" in text or ":" in text) and (
         "pass" in lowered
         or "pwd" in lowered
@@ -244,7 +343,7 @@ def _redact_defaults(text: str) -> str:
         or "key" in lowered
     )
     numbers = _SEVEN in text.encode("utf-8", "ignore").translate(_SHAPE)
-    if not (at_sign or jwt or scheme or assignment or numbers):
+    if not (at_sign or jwt or scheme or cookie or assignment or numbers):
         return text
     # Same order as PII_PATTERNS; placeholders never create a new trigger, so gates
     # computed on the original text stay valid for the partially redacted one.
@@ -255,12 +354,14 @@ def _redact_defaults(text: str) -> str:
         result = _JWT.sub("[REDACTED_JWT]", result)
     if scheme:
         result = _AUTH_SCHEME.sub(r"\1\2[REDACTED]", result)
+    if cookie:
+        result = _COOKIE_HEADER.sub(_cookie, result)
     if assignment:
         result = _SECRET_ASSIGNMENT.sub(r"\1[REDACTED]", result)
     if at_sign:
         result = _EMAIL.sub("[REDACTED_EMAIL]", result)
     if numbers:
-        result = _NUMBERS.sub(_number, result)
+        result = _numbers(result)
     return result
 
 
@@ -324,7 +425,9 @@ def is_sensitive_key(key: object) -> bool:
         return cached
     normalized = key.lower().replace("-", "_")
     sensitive = normalized.endswith(_SUFFIXES)
-    if len(_key_cache) < _KEY_CACHE_LIMIT:  # keys can come from user data: keep the cache bounded
+    # Keys can come from user data: the memo is bounded in entries and, by skipping
+    # long keys, in bytes (an entry count alone bounds nothing against 8 KB keys).
+    if len(key) <= _CACHE_MAX_TEXT and len(_key_cache) < _KEY_CACHE_LIMIT:
         _key_cache[key] = sensitive
     return sensitive
 
@@ -352,6 +455,24 @@ def _sensitive_params(names: Collection[str]) -> frozenset[str]:
     return cached
 
 
+_BRACKETS = re.compile(r"[\[\]]+")
+
+
+def _sensitive_param(decoded_name: str, sensitive: frozenset[str]) -> bool:
+    """Whether a query parameter's value is a secret: its name, or for a bracketed form
+    name (``user[password]``, ``password[]``, ``a[b][api_key]``) any part of it, is in
+    `sensitive` or matches the sensitive-key rule."""
+    if _normalize_param(decoded_name) in sensitive or is_sensitive_key(decoded_name):
+        return True
+    if "[" not in decoded_name:
+        return False
+    return any(
+        _normalize_param(part) in sensitive or is_sensitive_key(part)
+        for part in _BRACKETS.split(decoded_name)
+        if part
+    )
+
+
 def _decode(part: str) -> str:
     return unquote_plus(part) if ("%" in part or "+" in part) else part
 
@@ -374,7 +495,8 @@ def redact_query(
     `REDACTED`; every other name and value is checked percent-decoded
     (``email=bob%40example.com`` hides the ``@``) and, when that reveals something,
     replaced by its redacted form, percent-encoded again; untouched parts stay exactly as
-    sent. A last pass over the whole result catches what only shows across a name and its
+    sent. Bracketed form names count by their parts (``user[password]=``, ``password[]=``).
+    A last pass over the whole result catches what only shows across a name and its
     value (``pwd=hunter2``). Untrusted input is bounded: the first `MAX_QUERY_LENGTH`
     characters and `MAX_QUERY_PARAMS` parameters are kept, further ones become ``...``.
     """
@@ -390,13 +512,55 @@ def redact_query(
         safe_name = _redacted_part(name, decoded_name)
         if not sep:
             out.append(safe_name)
-        elif _normalize_param(decoded_name) in sensitive or is_sensitive_key(decoded_name):
+        elif _sensitive_param(decoded_name, sensitive):
             out.append(f"{safe_name}={REDACTED}")
         else:
             out.append(f"{safe_name}={_redacted_part(value, _decode(value))}")
     if rest is not None:
         out.append("...")
     return redact_text("&".join(out))
+
+
+# A URL or path with a query inside free text: ``GET /cb?code=x HTTP/1.1``,
+# ``https://host/cb?code=x``, ``https://host?code=x``. The query ends at whitespace, a
+# double quote, ``<``/``>`` (the delimiters logs and HTML put around URLs) or a fragment.
+_URL_QUERY = re.compile(
+    r"((?:[A-Za-z][A-Za-z0-9+.\-]*://[^\s/?#\"<>]*)?/[^\s?#\"<>]*"
+    r"|[A-Za-z][A-Za-z0-9+.\-]*://[^\s/?#\"<>]+)"
+    r"\?([^\s#\"<>]+)",
+    _A,
+)
+
+
+def _redacted_url_query(match: re.Match[str]) -> str:
+    return f"{match.group(1)}?{redact_query(match.group(2))}"
+
+
+def redact_url_queries(text: str) -> str:
+    """`text` with the query of every URL or path in it passed through `redact_query`.
+
+    For free text that may quote a request line or a URL: a server's access line
+    (``"GET /cb?code=abc&key=k HTTP/1.1" 200``), a library's ``fetching https://...?sig=``.
+    Parameters such as ``code``, ``key`` or ``X-Amz-Signature`` only say they hold a
+    secret inside a query, so `redact_text` alone cannot know them. Returns `text`
+    itself when it holds no ``?`` followed by a ``=``.
+    """
+    if "?" not in text or "=" not in text:
+        return text
+    result = _URL_QUERY.sub(_redacted_url_query, text)
+    return text if result == text else result
+
+
+def redact_path(path: str) -> str:
+    """A request target (``/cb?code=abc``) with its query redacted by `redact_query`.
+
+    Everything after the first ``?`` is the query, whatever characters it holds, which is
+    what a server logs as the path; the path part itself goes through `redact_text`.
+    """
+    target, sep, query = path.partition("?")
+    if not sep:
+        return redact_text(path)
+    return f"{redact_text(target)}?{redact_query(query)}"
 
 
 _PASSTHROUGH_KEYS = frozenset({"_record", "_from_structlog"})  # ProcessorFormatter internals
@@ -414,11 +578,14 @@ def _clean(value: Any, depth: int) -> Any:
     if depth >= MAX_DEPTH:
         return "[MAX_DEPTH]"
     if isinstance(value, Mapping):
-        return {
-            _clean_key(k): (REDACTED if is_sensitive_key(k) else _clean(v, depth + 1))
-            for k, v in value.items()
-        }
+        return _clean_mapping(value, depth)
     if kind is list or kind is tuple:
+        if len(value) == 2 and _sensitive_name(value[0]):
+            # a (name, value) pair: ``request.headers.items()``, ``scope["headers"]``
+            pair = [_clean(value[0], depth + 1), REDACTED]
+            return pair if kind is list else tuple(pair)
+        if len(value) > MAX_ITEMS:
+            return _clean_items(value, len(value), depth)
         cleaned = [_clean(item, depth + 1) for item in value]
         return cleaned if kind is list else tuple(cleaned)
     if isinstance(value, (bytes, bytearray, memoryview)):
@@ -429,17 +596,55 @@ def _clean(value: Any, depth: int) -> Any:
         return value
     if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
         return value.isoformat()
-    if isinstance(value, (set, frozenset, list, tuple)):
-        return [_clean(item, depth + 1) for item in value]
+    if isinstance(value, (set, frozenset, list, tuple, KeysView, ValuesView, ItemsView)):
+        # sets, named tuples, ``dict.items()`` (whose pairs follow the rule above)
+        return _clean_items(value, len(value), depth)
     if isinstance(value, BaseException):
         return redact_text(_safe_str(value, exception=True))
     return redact_text(_safe_str(value))
 
 
+def _sensitive_name(name: object) -> bool:
+    """The sensitive-key rule for a pair's or a mapping's name, str or bytes (ASGI headers)."""
+    if isinstance(name, str):
+        return is_sensitive_key(name)
+    if isinstance(name, (bytes, bytearray)):
+        return is_sensitive_key(bytes(name).decode("latin-1"))
+    return False
+
+
+def _clean_mapping(value: Mapping[Any, Any], depth: int) -> dict[Any, Any]:
+    cleaned: dict[Any, Any] = {}
+    for count, (key, item) in enumerate(value.items()):
+        if count == MAX_ITEMS:
+            cleaned[TRUNCATED] = f"{len(value) - MAX_ITEMS} more items"
+            break
+        name = _clean_key(key)
+        if name in cleaned:  # two keys redacted alike: keep both values
+            suffix = 2
+            while f"{name}#{suffix}" in cleaned:
+                suffix += 1
+            name = f"{name}#{suffix}"
+        cleaned[name] = REDACTED if _sensitive_name(key) else _clean(item, depth + 1)
+    return cleaned
+
+
+def _clean_items(value: Iterable[Any], length: int, depth: int) -> list[Any]:
+    cleaned = [_clean(item, depth + 1) for item in itertools.islice(value, MAX_ITEMS)]
+    if length > MAX_ITEMS:
+        cleaned.append(f"{TRUNCATED} {length - MAX_ITEMS} more items")
+    return cleaned
+
+
 def _clean_key(key: Any) -> Any:
-    if key is None or isinstance(key, (str, int, float, bool)):
+    kind = type(key)
+    if kind is str:
+        return redact_text(key)  # {"alice@example.com": 3} is personal data too
+    if key is None or isinstance(key, (int, float, bool)):
         return key
-    return _safe_str(key)  # JSON objects only have string keys
+    if kind is bytes or kind is bytearray:
+        return redact_text(bytes(key).decode("utf-8", "backslashreplace"))
+    return redact_text(_safe_str(key))  # JSON objects only have string keys
 
 
 def _safe_str(value: Any, *, exception: bool = False) -> str:
@@ -461,9 +666,15 @@ def redact(value: Any) -> Any:
     """Return `value` with personal data and secrets replaced by placeholders.
 
     Strings go through `PII_PATTERNS`; dicts, lists and tuples are rebuilt recursively
-    (values under sensitive keys become ``[REDACTED]``); bytes are decoded leniently
-    and redacted; datetimes become ISO strings; ints, bools and None are unchanged; any
-    other object is rendered with ``str()`` and redacted. It never raises.
+    (values under sensitive keys become ``[REDACTED]``, and keys are redacted like
+    strings); a two-item tuple or list whose first item is a sensitive name, str or
+    bytes, is a ``(name, value)`` pair and its value becomes ``[REDACTED]`` too, so
+    ``request.headers.items()`` and ``scope["headers"]`` are safe to log; bytes are
+    decoded leniently and redacted; datetimes become ISO strings; ints, bools and None
+    are unchanged; any other object is rendered with ``str()`` and redacted. Output is
+    bounded: containers deeper than `MAX_DEPTH` become ``[MAX_DEPTH]`` and only the
+    first `MAX_ITEMS` items of a container are kept (a `TRUNCATED` marker says how many
+    more there were). It never raises.
     """
     try:
         return _clean(value, 0)

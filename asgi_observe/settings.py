@@ -18,6 +18,7 @@ from importlib.metadata import entry_points
 from typing import Literal
 
 from asgi_observe.net import IPNetwork, parse_networks
+from asgi_observe.pii import DEFAULT_SENSITIVE_QUERY_PARAMS, is_sensitive_key
 
 __all__ = [
     "DEFAULT_BUCKETS",
@@ -87,11 +88,67 @@ Python SDK implements; other names must be registered as an
 
 SAMPLER_ENTRY_POINTS = "opentelemetry_traces_sampler"
 _SECRET_FIELDS = frozenset({"metrics_token", "otlp_headers"})
-_URL_FIELDS = frozenset({"database_url", "redis_url"})
 
 
 def _invalid(name: str, value: str, why: str) -> ValueError:
-    return ValueError(f"invalid {name}={value!r}: {why}")
+    """The start-up error naming `name` and `value`, with any credential in it masked."""
+    return ValueError(f"invalid {name}={_mask_credentials(value)!r}: {why}")
+
+
+_MASK = "***"
+_SECRET_PARAMS = frozenset(name.lower() for name in DEFAULT_SENSITIVE_QUERY_PARAMS)
+# ``name=value`` in a URL query or a libpq keyword string (``host=db password='a b'``):
+# the value ends at whitespace or ``&``, or is quoted.
+_KEY_VALUE = re.compile(
+    r"(?P<name>[A-Za-z_][\w.\-\[\]]*)(?P<eq>\s*=\s*)"
+    r"(?P<value>'(?:[^'\\]|\\.)*'?|\"[^\"]*\"?|[^\s&]*)"
+)
+_PORT_THEN_PATH = re.compile(r"\d*(?:[/?#]|$)")
+_URL_START = re.compile(r"(?<![A-Za-z0-9+.\-])(?=[A-Za-z][A-Za-z0-9+.\-]*://)")
+
+
+def _masked_pair(match: re.Match[str]) -> str:
+    name = match.group("name")
+    if not (is_sensitive_key(name) or name.lower() in _SECRET_PARAMS):
+        return match.group()
+    return f"{name}{match.group('eq')}{_MASK}"
+
+
+def _mask_userinfo(token: str) -> str:
+    """``scheme://user:password@host...`` with the password masked, read leniently.
+
+    The password runs to the last ``@``: an unencoded ``/``, ``#``, ``?`` or ``@`` in
+    it (``postgresql://u:pa/ss#w@h/db``) does not end it early, as it would for a URL
+    parser. A ``host:port/path`` whose ``@`` sits in the query is not userinfo.
+    """
+    scheme_end = token.find("://")
+    if scheme_end < 0:
+        return token
+    start = scheme_end + 3
+    at = token.rfind("@", start)
+    colon = token.find(":", start, at)
+    if at < 0 or colon < 0 or any(ch in token[start:colon] for ch in "/?#"):
+        return token
+    question = token.find("?", start)
+    if _PORT_THEN_PATH.match(token, colon + 1) and 0 <= question < at:
+        return token  # host:port/path?x=a@b: the "@" belongs to the query
+    return f"{token[: colon + 1]}{_MASK}{token[at:]}"
+
+
+def _mask_credentials(value: str) -> str:
+    """`value` with every password-like part replaced by ``***``, for messages and repr.
+
+    Covers userinfo in URLs (``postgresql://u:***@h/db``, also when the password holds
+    ``/`` or ``#``), secret query parameters (``?password=***``, ``?sslpassword=``,
+    ``?api_key=``, the signed-URL parameters of `asgi_observe.pii.redact_query`) and
+    libpq keyword strings (``host=db password=***``). The rest stays readable.
+    """
+    if "=" in value:
+        value = _KEY_VALUE.sub(_masked_pair, value)
+    if "://" in value and "@" in value:
+        # one URL per part; a password may even hold a space (a typo that is refused)
+        value = "".join(_mask_userinfo(part) for part in _URL_START.split(value))
+    return value
 
 
 def _parse_bool(name: str, value: str) -> bool:
@@ -123,14 +180,26 @@ def _parse_ratio(name: str, value: str) -> float:
     return ratio
 
 
-def _parse_key_values(name: str, value: str) -> tuple[tuple[str, str], ...]:
-    """Parse the W3C-baggage-like ``k=v,k2=v2`` lists of the OpenTelemetry spec."""
+def _parse_key_values(
+    name: str, value: str, *, secret: bool = False
+) -> tuple[tuple[str, str], ...]:
+    """Parse the W3C-baggage-like ``k=v,k2=v2`` lists of the OpenTelemetry spec.
+
+    With `secret` (OTLP headers carry credentials) an error names the variable and the
+    position of the bad item, and the key where there is one, never a value.
+    """
     pairs: list[tuple[str, str]] = []
-    for raw in value.split(","):
+    for position, raw in enumerate(value.split(","), start=1):
         item = raw.strip()
         if not item:
             continue
         key, sep, val = item.partition("=")
+        if (not sep or not key.strip()) and secret:
+            msg = (
+                f"invalid {name}: item {position} is not of the form key=value "
+                "(values are not shown: they may be credentials)"
+            )
+            raise ValueError(msg)
         if not sep or not key.strip():
             raise _invalid(name, value, f"{item!r} is not of the form key=value")
         pairs.append((urllib.parse.unquote(key.strip()), urllib.parse.unquote(val.strip())))
@@ -269,13 +338,29 @@ def _parse_timeout(name: str, value: str) -> float:
     return millis / 1000.0
 
 
-def _mask_url(url: str) -> str:
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+def _shown(value: object) -> str:
+    """`repr` of a field value with its credentials masked (see `_mask_credentials`)."""
+    if isinstance(value, str):
+        return repr(_mask_credentials(value))
+    if isinstance(value, tuple) and value and all(isinstance(item, str) for item in value):
+        return repr(tuple(_mask_credentials(item) for item in value))
+    if isinstance(value, tuple) and value and all(_is_str_pair(item) for item in value):
+        return repr(
+            tuple(
+                (key, _MASK if is_sensitive_key(key) else _mask_credentials(item))
+                for key, item in value
+            )
+        )
+    return repr(value)
+
+
+def _is_str_pair(item: object) -> bool:
+    return (
+        isinstance(item, tuple)
+        and len(item) == 2
+        and isinstance(item[0], str)
+        and isinstance(item[1], str)
+    )
 
 
 @dataclass(frozen=True)
@@ -283,8 +368,10 @@ class Settings:
     """All configuration of the stack, validated once.
 
     Build it with `Settings.from_env()` in production, or directly with keyword arguments
-    in tests and in code that has its own configuration system. Secrets (the metrics
-    token, OTLP headers, passwords inside URLs) never appear in `repr()`.
+    in tests and in code that has its own configuration system. Secrets never appear in
+    `repr()` or `str()`: the metrics token and OTLP headers are shown as ``***``, and in
+    every other value (DATABASE_URL, REDIS_URL, the OTLP endpoints) passwords in URLs,
+    secret query parameters and libpq ``password=`` keywords are masked.
     """
 
     environment: str = "development"
@@ -356,10 +443,8 @@ class Settings:
             value = getattr(self, item.name)
             if item.name in _SECRET_FIELDS and value:
                 shown.append(f"{item.name}='***'")
-            elif item.name in _URL_FIELDS and value:
-                shown.append(f"{item.name}={_mask_url(value)!r}")
-            else:
-                shown.append(f"{item.name}={value!r}")
+            else:  # every URL-like value (DATABASE_URL, OTLP endpoints, ...) is masked
+                shown.append(f"{item.name}={_shown(value)}")
         return f"Settings({', '.join(shown)})"
 
     __str__ = __repr__
@@ -485,7 +570,9 @@ class Settings:
             if disabled is None
             else _parse_otel_bool("OTEL_SDK_DISABLED", disabled),
             otlp_protocol="grpc" if protocol == "grpc" else "http/protobuf",
-            otlp_headers=() if headers is None else _parse_key_values(headers_var, headers),
+            otlp_headers=()
+            if headers is None
+            else _parse_key_values(headers_var, headers, secret=True),
             otlp_insecure=None if insecure is None else _parse_otel_bool(insecure_var, insecure),
             otlp_timeout=None if timeout is None else _parse_timeout(timeout_var, timeout),
             sampler_ratio=1.0 if ratio is None else _parse_ratio("OTEL_TRACES_SAMPLER_ARG", ratio),

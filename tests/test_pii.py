@@ -56,6 +56,26 @@ REDACTED_CASES = [
     ("postgresql://app:hunter2@db:5432/app", "postgresql://[REDACTED]@db:5432/app"),
     ("login with password=hunter2 now", "login with password=[REDACTED] now"),
     ("{'api_key': 'abc123'}", "{'api_key': '[REDACTED]'}"),
+    # internationalised addresses and domains
+    ("from josé@example.com today", "from [REDACTED_EMAIL] today"),
+    ("to bob@münchen.de", "to [REDACTED_EMAIL]"),
+    ("ünïcødé.ñame@例え.jp", "[REDACTED_EMAIL]"),
+    # numbers joined to a word by "_" or "-", before or after
+    ("card_4111111111111111", "card_[REDACTED_CC]"),
+    ("ssn_123-45-6789", "ssn_[REDACTED_SSN]"),
+    ("phone-+14155552671", "phone-[REDACTED_PHONE]"),
+    ("user_card_4111 1111 1111 1111 declined", "user_card_[REDACTED_CC] declined"),
+    ("4111111111111111_visa", "[REDACTED_CC]_visa"),
+    ("tel-(555) 123-4567", "tel-[REDACTED_PHONE]"),
+    # cookies in free text: the whole value
+    ("Cookie: sid=abc123; theme=dark", "Cookie: [REDACTED]"),
+    ("Set-Cookie: sid=abc123; Path=/; HttpOnly\nHost: x", "Set-Cookie: [REDACTED]\nHost: x"),
+    ("{'cookie': 'sid=abc123', 'n': 1}", "{'cookie': '[REDACTED]', 'n': 1}"),
+    ('headers="set-cookie: a=b" next=1', 'headers="set-cookie: [REDACTED]" next=1'),
+    # bracketed form names
+    ("user[password]=hunter2&page=2", "user[password]=[REDACTED]&page=2"),
+    ("password[]=hunter2", "password[]=[REDACTED]"),
+    ("a[b][api_key]=k1", "a[b][api_key]=[REDACTED]"),
 ]
 
 KEPT = [
@@ -75,6 +95,14 @@ KEPT = [
     "a 32-hex id 3f1c2a9e8b7d4c6a9e0f1a2b3c4d5e6f",
     "card-like but not Luhn 4111 1111 1111 1112",
     "@app.route decorator in a traceback",
+    "2024-01-01 2024-12-31",
+    "from 2024-01-01T12:00:00.123456+00:00 to 2024-12-31T23:59:59+05:30",
+    "order ORD-2024-000123 shipped",
+    "request 3f1c2a9e-8b7d-4c6a-9e0f-1a2b3c4d5e6f",
+    "ids 550e8400-e29b-41d4-a716-446655440000 abcdefab-cdef-4bcd-abcd-012345678901",
+    "sku-2024-0001 build-20240101 pid-4242 port-8080",
+    "a cookie jar without a colon, cookies=3",
+    "a password_hint=shown and tokens_used=3",
 ]
 
 
@@ -419,3 +447,176 @@ def test_a_card_beside_another_digit_group_is_still_found() -> None:
     assert redact("paid 2000000000008 0") == "paid [REDACTED_CC] 0"
     assert redact("ref 3 4111 1111 1111 1111") == "ref 3 [REDACTED_CC]"
     assert redact("order 4111-1111-1111-1112") == "order 4111-1111-1111-1112"
+
+
+def test_bracketed_query_names_follow_the_sensitive_rule() -> None:
+    query = "user[password]=p1&password[]=p2&x%5Btoken%5D=p3&sig[]=p4&user[name]=ann&tags[]=a"
+    assert pii.redact_query(query) == (
+        "user[password]=[REDACTED]&password[]=[REDACTED]&x%5Btoken%5D=[REDACTED]"
+        "&sig[]=[REDACTED]&user[name]=ann&tags[]=a"
+    )
+
+
+# --- Keys, pairs and bounds -------------------------------------------------------------
+
+
+def test_personal_data_in_keys_is_redacted_without_losing_values() -> None:
+    assert redact({"alice@example.com": 3}) == {"[REDACTED_EMAIL]": 3}
+    assert redact({"a@example.com": 1, "b@example.com": 2, "n": {b"c@example.com": 3}}) == {
+        "[REDACTED_EMAIL]": 1,
+        "[REDACTED_EMAIL]#2": 2,
+        "n": {"[REDACTED_EMAIL]": 3},
+    }
+    assert redact({b"authorization": b"Bearer abcdef123456"}) == {"authorization": "[REDACTED]"}
+
+
+def _starlette_headers() -> list[tuple[str, str]]:
+    from starlette.requests import Request
+
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/",
+        "query_string": b"",
+        "headers": [
+            (b"authorization", b"Bearer x"),
+            (b"cookie", b"sid=s3cr3t"),
+            (b"x-api-key", b"k3y"),
+            (b"accept", b"*/*"),
+        ],
+    }
+    return Request(scope).headers.items()
+
+
+@pytest.mark.parametrize(
+    ("pairs", "expected"),
+    [
+        (
+            [(b"authorization", b"Bearer x"), (b"host", b"example.org")],
+            [("authorization", "[REDACTED]"), ("host", "example.org")],
+        ),
+        ([("authorization", "x")], [("authorization", "[REDACTED]")]),
+        ([["Cookie", "sid=1"], ["n", "1"]], [["Cookie", "[REDACTED]"], ["n", "1"]]),
+        (("password", "hunter2"), ("password", "[REDACTED]")),
+        ({"a": 1}.items(), [("a", 1)]),
+        ({"token": "t"}.items(), [("token", "[REDACTED]")]),
+        # not a pair of a sensitive name: left alone
+        ([("accept", "x"), ("a", "b", "c")], [("accept", "x"), ("a", "b", "c")]),
+        (["password", "token", "user"], ["password", "token", "user"]),
+    ],
+)
+def test_name_value_pairs_follow_the_sensitive_key_rule(pairs: Any, expected: Any) -> None:
+    assert redact(pairs) == expected
+
+
+def test_request_headers_items_are_safe_to_log() -> None:
+    assert redact(_starlette_headers()) == [
+        ("authorization", "[REDACTED]"),
+        ("cookie", "[REDACTED]"),
+        ("x-api-key", "[REDACTED]"),
+        ("accept", "*/*"),
+    ]
+
+
+def test_pairs_logged_as_event_values_are_redacted() -> None:
+    out = PIIRedactor()(
+        None,
+        "info",
+        {
+            "event": "request",
+            "headers": _starlette_headers(),
+            "raw": [(b"authorization", b"Bearer x"), (b"cookie", b"a=b")],
+            "one": ("authorization", "Bearer abc"),
+        },
+    )
+    text = json.dumps(out)
+    for secret in ("Bearer", "s3cr3t", "k3y", "a=b"):
+        assert secret not in text
+    assert out["raw"] == [("authorization", "[REDACTED]"), ("cookie", "[REDACTED]")]
+
+
+def test_redact_is_bounded_in_size() -> None:
+    many = list(range(pii.MAX_ITEMS + 500))
+    cleaned = redact(many)
+    assert len(cleaned) == pii.MAX_ITEMS + 1
+    assert cleaned[-1] == f"{pii.TRUNCATED} 500 more items"
+    assert redact(tuple(many))[: pii.MAX_ITEMS] == list(range(pii.MAX_ITEMS))
+    assert len(redact(set(many))) == pii.MAX_ITEMS + 1
+    mapping = {f"k{i}": i for i in range(pii.MAX_ITEMS + 7)}
+    cleaned_mapping = redact(mapping)
+    assert len(cleaned_mapping) == pii.MAX_ITEMS + 1
+    assert cleaned_mapping[pii.TRUNCATED] == "7 more items"
+    assert redact(list(range(10))) == list(range(10))  # small containers are untouched
+
+
+# --- Properties in both directions: word-joined PII goes, operational values stay -----
+
+JOIN_WORDS = st.lists(
+    st.from_regex(r"[A-Za-z]{1,10}", fullmatch=True), min_size=1, max_size=4
+).flatmap(lambda words: st.sampled_from(["_", "-"]).map(lambda sep: sep.join(words) + sep))
+
+
+@st.composite
+def ssns(draw: st.DrawFn) -> str:
+    area = draw(st.integers(1, 899).filter(lambda n: n != 666))
+    group = draw(st.integers(1, 99))
+    serial = draw(st.integers(1, 9999))
+    return f"{area:03d}-{group:02d}-{serial:04d}"
+
+
+@st.composite
+def phones(draw: st.DrawFn) -> str:
+    country = draw(st.sampled_from(["1", "44", "62", "33", "49"]))
+    number = draw(st.from_regex(r"[2-9][0-9]{8,10}", fullmatch=True))
+    return "+" + country + number
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(cards(), ssns(), phones(), emails()), JOIN_WORDS, SEPARATORS, NOISE)
+def test_generated_pii_joined_to_words_never_survives(
+    secret: str, word: str, sep: str, suffix: str
+) -> None:
+    text = f"{word}{secret}{sep}{suffix}"
+    redacted = redact(text)
+    assert secret not in redacted
+    if "@" not in secret:  # an e-mail's local part takes the word in: both go
+        assert redacted.startswith(word)
+
+
+def _dates() -> st.SearchStrategy[str]:
+    return st.dates(min_value=datetime.date(1970, 1, 1), max_value=datetime.date(2100, 1, 1)).map(
+        datetime.date.isoformat
+    )
+
+
+def _aware_timestamps() -> st.SearchStrategy[str]:
+    offsets = st.integers(-14 * 60, 14 * 60).map(
+        lambda minutes: datetime.timezone(datetime.timedelta(minutes=minutes))
+    )
+    return st.builds(
+        lambda moment, zone: moment.replace(tzinfo=zone).isoformat(),
+        st.datetimes(
+            min_value=datetime.datetime(1970, 1, 1), max_value=datetime.datetime(2100, 1, 1)
+        ),
+        offsets,
+    )
+
+
+RANGE_JOINERS = st.sampled_from([" ", " to ", "/", "..", " - ", ", "])
+KEPT_VALUES = st.one_of(
+    OPERATIONAL,
+    _aware_timestamps(),
+    st.tuples(_dates(), RANGE_JOINERS, _dates()).map("".join),
+    st.tuples(_timestamps(), RANGE_JOINERS, _aware_timestamps()).map("".join),
+    st.integers(0, 999_999).map(lambda n: f"ORD-2024-{n:06d}"),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(KEPT_VALUES, SAFE_NOISE, SEPARATORS, SEPARATORS, SAFE_NOISE)
+def test_generated_timestamps_uuids_and_date_ranges_always_survive(
+    value: str, prefix: str, sep1: str, sep2: str, suffix: str
+) -> None:
+    assume(not prefix.lower().rstrip().endswith(("bearer", "basic")))
+    text = _embed(prefix, sep1, value, sep2, suffix)
+    assert value in redact(text)

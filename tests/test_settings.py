@@ -229,3 +229,97 @@ def test_blank_values_mean_unset() -> None:
 def test_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OTEL_SERVICE_NAME", "from-os-environ")
     assert Settings.from_env().service_name == "from-os-environ"
+
+
+@pytest.mark.parametrize(
+    ("url", "secret", "shown"),
+    [
+        ("postgresql://u:p4ss@h/db", "p4ss", "postgresql://u:***@h/db"),
+        ("postgresql://u:pa/ss#w0rd@h/db", "ss#w0rd", "postgresql://u:***@h/db"),
+        (
+            "postgresql+asyncpg://app:p@ssw0rd@db/app",
+            "ssw0rd",
+            "postgresql+asyncpg://app:***@db/app",
+        ),
+        (
+            "postgresql://h/db?sslmode=require&password=qu3ry",
+            "qu3ry",
+            "postgresql://h/db?sslmode=require&password=***",
+        ),
+        (
+            "host=db port=5432 password=l1bpq dbname=app",
+            "l1bpq",
+            "host=db port=5432 password=*** dbname=app",
+        ),
+        ("host=db password='with sp4ce' user=app", "sp4ce", "host=db password=*** user=app"),
+        ("redis://:r3dis@cache:6379/0", "r3dis", "redis://:***@cache:6379/0"),
+        (
+            "rediss://default:r3dis@cache:6380/0?ssl_cert_reqs=none",
+            "r3dis",
+            "rediss://default:***@cache:6380/0?ssl_cert_reqs=none",
+        ),
+    ],
+)
+def test_repr_masks_every_form_of_database_password(url: str, secret: str, shown: str) -> None:
+    settings = Settings(database_url=url, redis_url=url)
+    for text in (repr(settings), str(settings)):
+        assert secret not in text
+        assert f"database_url={shown!r}" in text
+        assert f"redis_url={shown!r}" in text
+
+
+def test_repr_masks_otlp_endpoints_and_headers() -> None:
+    settings = Settings.from_env(
+        {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "https://user:0tlpPass@collector:4318?api_key=0tlpK3y",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "https://u:tr4ces@collector:4318/v1/traces",
+            "OTEL_EXPORTER_OTLP_HEADERS": "authorization=Basic%20aGVsbG8=,x-tenant=acme",
+        }
+    )
+    text = repr(settings)
+    for secret in ("0tlpPass", "0tlpK3y", "tr4ces", "aGVsbG8", "Basic"):
+        assert secret not in text
+    assert "otlp_endpoint='https://user:***@collector:4318?api_key=***'" in text
+    assert "otlp_traces_endpoint='https://u:***@collector:4318/v1/traces'" in text
+    assert "otlp_headers='***'" in text
+    # a URL without credentials is shown as it is
+    plain = Settings(otlp_endpoint="http://collector:4318/v1?owner=ops@example.com")
+    assert "otlp_endpoint='http://collector:4318/v1?owner=ops@example.com'" in repr(plain)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    ["Authorization=Bearer abc,broken", "broken-s3cr3t", "x=1,=s3cr3t", "x=1, ,Bearer abc"],
+)
+def test_a_malformed_otlp_header_is_named_but_not_shown(headers: str) -> None:
+    for variable in ("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS"):
+        with pytest.raises(ValueError, match=f"invalid {variable}: item \\d+ ") as caught:
+            Settings.from_env({variable: headers})
+        message = str(caught.value)
+        for secret in ("abc", "s3cr3t", "broken", "Bearer"):
+            assert secret not in message
+
+
+def test_the_position_of_the_bad_header_is_given() -> None:
+    with pytest.raises(ValueError, match="item 2 is not of the form key=value"):
+        Settings.from_env({"OTEL_EXPORTER_OTLP_HEADERS": "Authorization=Bearer abc,broken"})
+
+
+def test_a_rejected_endpoint_never_echoes_its_password() -> None:
+    for variable in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        with pytest.raises(ValueError, match=variable) as caught:
+            Settings.from_env({variable: "ftp://user:3ndp0int@collector:4317"})
+        assert "3ndp0int" not in str(caught.value)
+        assert "ftp://user:***@collector:4317" in str(caught.value)
+        with pytest.raises(ValueError, match=variable) as caught:
+            Settings.from_env({variable: "http://user:sp4ce d@collector"})
+        assert "sp4ce" not in str(caught.value)
+
+
+def test_a_short_metrics_token_is_refused_without_echoing_it() -> None:
+    with pytest.raises(ValueError, match="METRICS_TOKEN") as caught:
+        Settings.from_env({"METRICS_TOKEN": "sh0rt-t0k"})
+    assert "sh0rt-t0k" not in str(caught.value)
+    with pytest.raises(ValueError, match="METRICS_TOKEN") as caught:
+        Settings(metrics_token="sh0rt-t0k")
+    assert "sh0rt-t0k" not in str(caught.value)

@@ -35,6 +35,7 @@ from structlog.typing import EventDict, FilteringBoundLogger, Processor, Wrapped
 
 from asgi_observe.logs.processors import (
     JSON_ENCODER,
+    StdlibQueryRedactor,
     TraceContextAdder,
     UTCTimeStamper,
     json_dumps,
@@ -293,7 +294,9 @@ def configure_logging(
     other environment writes coloured console lines. ``settings.log_level`` filters both
     structlog events and stdlib records. The root logger gets one handler; server
     loggers (uvicorn, gunicorn, hypercorn) lose theirs and propagate to it, so their
-    lines are formatted and redacted the same way. Calling it again replaces the
+    lines are formatted and redacted the same way; the queries of request targets and
+    URLs in stdlib messages (uvicorn's ``"GET /cb?code=... HTTP/1.1"``) are redacted as
+    the library's own access log redacts them (`StdlibQueryRedactor`). Calling it again replaces the
     previous configuration instead of adding to it.
 
     Args:
@@ -338,8 +341,11 @@ def configure_logging(
     handler.setLevel(level)  # records propagated from server loggers skip root's level
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=shared,
+            # stdlib records first lose the secrets of the URLs in their message, which
+            # needs the record's arguments (uvicorn's path is one of them).
+            foreign_pre_chain=[StdlibQueryRedactor(), *shared],
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            pass_foreign_args=True,
         )
     )
     root = logging.getLogger()

@@ -6,18 +6,96 @@ through, small and independently testable.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
+import logging
 import time
+from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
 from opentelemetry.trace import get_current_span
 from structlog.typing import EventDict, WrappedLogger
 
-from asgi_observe.pii import redact
+from asgi_observe.pii import (
+    REDACTED,
+    is_sensitive_key,
+    redact,
+    redact_path,
+    redact_query,
+    redact_url_queries,
+)
 
-__all__ = ["TraceContextAdder", "UTCTimeStamper", "json_dumps"]
+__all__ = ["StdlibQueryRedactor", "TraceContextAdder", "UTCTimeStamper", "json_dumps"]
+
+
+def _redacted_arg(value: object) -> object:
+    """A stdlib message argument with the query of a request target or URL redacted."""
+    if type(value) is not str or "?" not in value:
+        return value
+    if value.startswith("/"):  # uvicorn's path argument: everything after "?" is query
+        return redact_path(value)
+    return redact_url_queries(value)
+
+
+class _RedactedAtoms(dict):  # type: ignore[type-arg]
+    """A server's access-log atoms (gunicorn, hypercorn), read through redaction.
+
+    ``%``-formatting looks each ``%(name)s`` up with ``__getitem__``, so the original
+    mapping keeps its own rules (gunicorn's case-insensitive, ``-``-for-missing lookup)
+    and only the values the format uses are redacted: ``q`` is the raw query, header
+    and environment atoms (``{authorization}i``, ``{cookie}i``, ``{secret_key}e``) follow
+    the sensitive-key rule, and request lines and referers lose their query secrets.
+    """
+
+    def __init__(self, atoms: Mapping[str, object]) -> None:
+        super().__init__()
+        self._atoms = atoms
+
+    def __getitem__(self, key: str) -> object:
+        value = self._atoms[key]
+        if key == "q" and isinstance(value, str):
+            return redact_query(value)
+        if key.startswith("{") and is_sensitive_key(key[1:].rpartition("}")[0]):
+            return REDACTED
+        return _redacted_arg(value)
+
+
+class StdlibQueryRedactor:
+    """A ``foreign_pre_chain`` processor: stdlib messages lose the secrets of their URLs.
+
+    Server access lines quote the request target (uvicorn's ``"GET /cb?code=...
+    HTTP/1.1"``), and libraries log the URLs they call; a ``code``, ``key`` or
+    ``X-Amz-Signature`` parameter is only recognisable as a secret inside a query. So
+    before `asgi_observe.pii.PIIRedactor` sees the message, it is rebuilt from the
+    record's format and arguments with each request target's query passed through
+    `asgi_observe.pii.redact_query` (uvicorn's path argument, gunicorn's and hypercorn's
+    ``q``, ``r`` and ``f`` atoms), and every URL or path with a query left in the text
+    goes through `asgi_observe.pii.redact_url_queries`: the same redaction as the
+    library's own access log. It needs ``ProcessorFormatter(pass_foreign_args=True)``
+    for the arguments, and drops the ``positional_args`` key that adds.
+    """
+
+    def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+        args = event_dict.pop("positional_args", None)
+        record = event_dict.get("_record")
+        event = event_dict.get("event")
+        if args and isinstance(record, logging.LogRecord):
+            redacted: object = args
+            if isinstance(args, tuple):
+                items = tuple(_redacted_arg(arg) for arg in args)
+                if items != args:
+                    redacted = items
+            elif isinstance(args, Mapping):
+                redacted = _RedactedAtoms(args)
+            if redacted is not args:
+                # On failure getMessage()'s text stays; it is redacted below all the same.
+                with contextlib.suppress(Exception):
+                    event = str(record.msg) % redacted
+        if isinstance(event, str):
+            event_dict["event"] = redact_url_queries(event)
+        return event_dict
 
 
 class TraceContextAdder:

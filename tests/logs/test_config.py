@@ -200,6 +200,52 @@ def test_uvicorn_serving_an_app_logs_json_only() -> None:
     assert "t0k3n" not in stdout
 
 
+def test_uvicorn_access_lines_get_the_access_log_query_redaction() -> None:
+    port = free_port()
+    query = "code=c0de&X-Amz-Signature=s1gn&key=k3y&user%5Bpassword%5D=pw0rd&who=zoe%40example.com&page=2"
+    script = f"""
+        import threading, time, urllib.request
+        import uvicorn
+        from starlette.applications import Starlette
+        from starlette.responses import PlainTextResponse
+        from starlette.routing import Route
+        from asgi_observe.logs.access import AccessLogMiddleware
+        from asgi_observe.logs.config import configure_logging
+
+        def create_app():
+            configure_logging()
+
+            async def callback(request):
+                return PlainTextResponse("ok")
+
+            return AccessLogMiddleware(Starlette(routes=[Route("/cb", callback)]))
+
+        config = uvicorn.Config("__main__:create_app", factory=True, host="127.0.0.1",
+                                port={port}, log_level="info")
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run)
+        thread.start()
+        deadline = time.monotonic() + 20
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+        with urllib.request.urlopen("http://127.0.0.1:{port}/cb?{query}") as response:
+            assert response.status == 200
+        server.should_exit = True
+        thread.join()
+    """
+    entries, stdout = _run_script(script, ENVIRONMENT="production", LOG_LEVEL="INFO")
+    [ours] = [e for e in entries if e["logger"] == "asgi_observe.access"]
+    [uvicorn_line] = [e for e in entries if e["logger"] == "uvicorn.access"]
+    expected = (
+        "/cb?code=[REDACTED]&X-Amz-Signature=[REDACTED]&key=[REDACTED]"
+        "&user%5Bpassword%5D=[REDACTED]&who=[REDACTED_EMAIL]&page=2"
+    )
+    assert ours["path"] == expected
+    assert f'"GET {expected} HTTP/1.1" 200' in uvicorn_line["event"]
+    for secret in ("c0de", "s1gn", "k3y", "pw0rd", "zoe"):
+        assert secret not in stdout
+
+
 async def test_two_hundred_concurrent_requests_keep_their_ids(json_logs: io.StringIO) -> None:
     log = get_logger("app")
 
