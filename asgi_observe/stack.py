@@ -190,6 +190,30 @@ def _metrics_routes(settings: Settings, registry: CollectorRegistry) -> dict[str
     }
 
 
+_OPEN_METRICS_WARNING = (
+    "asgi_observe: /metrics is open to anyone who can reach this app in production; "
+    "restrict it with METRICS_TOKEN (a bearer token scrapers must send), METRICS_ALLOW "
+    "(the CIDRs allowed to scrape) or METRICS_INTERNAL_PORT (a separate listener)"
+)
+
+
+def _warn_if_metrics_open(settings: Settings) -> None:
+    """Say so, once per `instrument()` call, when production serves an unguarded /metrics.
+
+    Metrics name routes, versions and traffic; an endpoint anyone can scrape is usually an
+    oversight, but a guard elsewhere (a NetworkPolicy, an ingress rule) may exist, so
+    this warns instead of refusing to start.
+    """
+    if (
+        settings.is_production
+        and settings.enable_metrics
+        and settings.metrics_token is None
+        and not settings.metrics_allow
+        and settings.metrics_internal_port is None
+    ):
+        logger.warning(_OPEN_METRICS_WARNING)
+
+
 def instrument(
     app: ASGIApp,
     settings: Settings | None = None,
@@ -213,7 +237,10 @@ def instrument(
 
     With ``METRICS_INTERNAL_PORT`` set, ``/metrics`` and ``/metrics/legacy`` are served on
     that port for the app's lifetime (started and stopped by the ASGI lifespan) and are
-    404 on the public app; with ``ENABLE_METRICS=false`` there are no metrics at all.
+    404 on the public app; with ``ENABLE_METRICS=false`` there are no metrics at all. In
+    production, a ``/metrics`` with none of ``METRICS_TOKEN``, ``METRICS_ALLOW`` and
+    ``METRICS_INTERNAL_PORT`` set is served, with one warning on the ``asgi_observe``
+    logger naming them.
 
     Raises:
         ValueError: if `app` is already instrumented, or the settings are invalid.
@@ -223,6 +250,7 @@ def instrument(
         raise ValueError(msg)  # noqa: TRY004 - the value, not its type, is wrong
     settings = Settings.from_env() if settings is None else settings
     registry = REGISTRY if registry is None else registry
+    _warn_if_metrics_open(settings)
     startup: list[Hook] = []
     shutdown: list[Hook] = []
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 import urllib.error
 from collections.abc import AsyncIterator
@@ -388,3 +389,45 @@ def test_an_internal_port_taken_by_a_foreign_process_fails_a_real_uvicorn() -> N
     assert "Application startup failed" in output
     assert "METRICS_INTERNAL_PORT: the internal metrics listener cannot start" in output
     assert str(port) in output
+
+
+def _open_metrics_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == "asgi_observe"
+        and record.levelname == "WARNING"
+        and "/metrics is open" in record.getMessage()
+    ]
+
+
+def test_an_open_metrics_endpoint_in_production_is_warned_about_once(
+    registry: CollectorRegistry, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="asgi_observe"):
+        instrument(
+            starlette_app(), Settings.from_env({"ENVIRONMENT": "production"}), registry=registry
+        )
+    [message] = _open_metrics_warnings(caplog)
+    for variable in ("METRICS_TOKEN", "METRICS_ALLOW", "METRICS_INTERNAL_PORT"):
+        assert variable in message
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [
+        {"ENVIRONMENT": "development"},
+        {},
+        {"ENVIRONMENT": "staging"},
+        {"ENVIRONMENT": "production", "METRICS_TOKEN": "s3cret-token-0123456789"},
+        {"ENVIRONMENT": "production", "METRICS_ALLOW": "10.0.0.0/8"},
+        {"ENVIRONMENT": "production", "METRICS_INTERNAL_PORT": "9464"},
+        {"ENVIRONMENT": "production", "ENABLE_METRICS": "false"},
+    ],
+)
+def test_no_open_metrics_warning_when_guarded_or_not_production(
+    registry: CollectorRegistry, caplog: pytest.LogCaptureFixture, environ: dict[str, str]
+) -> None:
+    with caplog.at_level(logging.INFO, logger="asgi_observe"):
+        instrument(starlette_app(), Settings.from_env(environ), registry=registry)
+    assert _open_metrics_warnings(caplog) == []

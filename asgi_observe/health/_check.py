@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from asgi_observe.pii import REDACTED, redact
+from asgi_observe.pii import REDACTED, is_sensitive_key, redact
 
 __all__ = [
     "Check",
@@ -260,6 +260,27 @@ def _json_safe(value: object) -> object:
     return str(value)
 
 
+def _reported(key: str, value: object) -> object:
+    """A field a check returned beside ``status`` and ``message``, as the probe shows it.
+
+    Probe answers can be read by anyone who reaches them, so extra fields are redacted
+    like messages: a sensitive key (``password``, ``token``, ``dsn_password``) hides
+    its value whatever it is; containers are redacted by structure first (sensitive
+    keys and ``(name, value)`` pairs inside them), then written as strings as before;
+    every string goes through `sanitize_message` (DSN credentials, PII, bounded
+    length). Numbers, booleans and None are reported as they are.
+    """
+    if is_sensitive_key(key):
+        return REDACTED
+    if not (value is None or isinstance(value, (bool, int, float, str))):
+        try:
+            value = redact(value)
+        except Exception:  # redact never raises; a hostile object's str() below may
+            value = f"<unreportable {type(value).__qualname__}>"
+    safe = _json_safe(value)
+    return sanitize_message(safe) if isinstance(safe, str) else safe
+
+
 def _interpret(value: object) -> tuple[Status, str | None, dict[str, Any]]:
     """Turn what a check function returned into status, message and extra fields."""
     if value is None or value is True:
@@ -286,7 +307,7 @@ def _interpret(value: object) -> tuple[Status, str | None, dict[str, Any]]:
         if len(extra) >= _MAX_EXTRA:
             break
         if isinstance(key, str) and key not in _RESERVED:
-            extra[key] = _json_safe(item)
+            extra[key] = _reported(key, item)
     return status, message, extra
 
 
