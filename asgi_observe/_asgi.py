@@ -74,13 +74,20 @@ async def respond(
     await send({"type": "http.response.body", "body": b"" if head else body})
 
 
-async def complete_lifespan(receive: Receive, send: Send) -> None:
-    """Answer lifespan events so the app can be served on its own (``uvicorn module:app``)."""
+async def complete_lifespan(
+    receive: Receive, send: Send, *, on_shutdown: Callable[[], Awaitable[None]] | None = None
+) -> None:
+    """Answer lifespan events so the app can be served on its own (``uvicorn module:app``).
+
+    `on_shutdown` (if given) runs before shutdown is reported complete.
+    """
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
+            if on_shutdown is not None:
+                await on_shutdown()
             await send({"type": "lifespan.shutdown.complete"})
             return
 

@@ -20,6 +20,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 
 from asgi_observe._asgi import relative_path
 from asgi_observe._lifespan import Hook, LifespanHooks, StartupAbortedError
+from asgi_observe.health.app import HealthApp
 from asgi_observe.logs.access import AccessLogMiddleware
 from asgi_observe.metrics.exposition import metrics_app
 from asgi_observe.metrics.http import MetricsMiddleware
@@ -279,6 +280,8 @@ def instrument(
             await asyncio.to_thread(flush_tracing, provider)
 
         shutdown.append(flush_spans)
+    if isinstance(health, HealthApp):  # mounted here, it never sees a lifespan of its own
+        shutdown.append(health.aclose)
 
     stack: ASGIApp = PathDispatch(app, endpoints=endpoints, health=health)
     stack = AccessLogMiddleware(stack, trusted_proxies=settings.trusted_proxies)

@@ -73,6 +73,8 @@ class Check:
         measurement: the measurement name of the health+json key (``database:responseTime``).
         observed_key: the result key whose value is the health+json ``observedValue``.
         observed_unit: the health+json ``observedUnit`` of that value.
+        close: releases what the check keeps between runs (a pooled HTTP client);
+            awaited by `HealthApp.aclose` and when the health app's lifespan shuts down.
     """
 
     name: str
@@ -83,6 +85,7 @@ class Check:
     measurement: str = "responseTime"
     observed_key: str = "response_ms"
     observed_unit: str = "ms"
+    close: Callable[[], Awaitable[None]] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:

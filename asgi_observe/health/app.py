@@ -156,11 +156,29 @@ class HealthApp:
         if kind == "http":
             await self._http(scope, send)
         elif kind == "lifespan":
-            await complete_lifespan(receive, send)
+            await complete_lifespan(receive, send, on_shutdown=self.aclose)
         elif kind == "websocket":
             # No websocket endpoint here: closing before accept is answered with a 403.
             await receive()
             await send({"type": "websocket.close", "code": 1000})
+
+    async def aclose(self) -> None:
+        """Release what the checks keep between runs (the HTTP check's client).
+
+        Called when this app's lifespan shuts down, and by `instrument()`'s shutdown for
+        the health app it mounts; call it yourself when you mount the app elsewhere. A
+        later probe simply makes what it needs again. A failing close is logged.
+        """
+        closes = {
+            id(check.close): check.close
+            for check in (*self._by_name.values(), *self._startup_by_name.values())
+            if check.close is not None
+        }
+        for close in closes.values():
+            try:
+                await close()
+            except Exception:
+                logger.warning("asgi_observe: closing a health check failed", exc_info=True)
 
     # --- HTTP -----------------------------------------------------------------------------
 

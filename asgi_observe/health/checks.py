@@ -10,6 +10,7 @@ event loop. Default timeouts are the seed's: database 2 s, Redis 1 s.
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import inspect
 import shutil
@@ -262,6 +263,52 @@ def _import_httpx() -> Any:
     return httpx
 
 
+class _LoopClient:
+    """One ``httpx.AsyncClient`` for a check's lifetime, made lazily in the running loop.
+
+    Building a client builds an SSL context, which stalls the event loop for tens of
+    milliseconds; doing it on every probe would stall the app that often. A client is
+    bound to the loop it first ran in, so a run in another loop (a new loop per test, a
+    server restarted in-process) gets a client of its own. Keep-alive is off: each run
+    opens a fresh connection, so a stale pooled connection cannot hide an outage, and a
+    client left behind by a finished loop holds no socket.
+    """
+
+    def __init__(self, httpx_module: Any, timeout: float) -> None:
+        self._httpx = httpx_module
+        self._timeout = timeout
+        self._client: httpx.AsyncClient | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def get(self) -> httpx.AsyncClient:
+        loop = asyncio.get_running_loop()
+        client = self._client
+        if client is None or self._loop is not loop or client.is_closed:
+            client = self._httpx.AsyncClient(
+                timeout=self._timeout,
+                follow_redirects=False,
+                limits=self._httpx.Limits(max_keepalive_connections=0),
+            )
+            self._client, self._loop = client, loop
+        return client
+
+    async def discard(self, client: httpx.AsyncClient) -> None:
+        """Close `client` after a run was cancelled (the check's timeout) mid-request.
+
+        The abandoned request may still hold its socket; closing the client releases it
+        now rather than at garbage collection. The next run makes a new client.
+        """
+        if self._client is client:
+            self._client = self._loop = None
+        await client.aclose()
+
+    async def aclose(self) -> None:
+        client, loop = self._client, self._loop
+        self._client = self._loop = None
+        if client is not None and loop is asyncio.get_running_loop():
+            await client.aclose()
+
+
 def http(
     url: str,
     *,
@@ -281,8 +328,12 @@ def http(
         expected_status: a code or codes that pass (default: any 2xx).
         method: the request method (``HEAD`` is cheaper when the peer supports it).
         headers: extra request headers (an API key, say); never reported.
-        client: an ``httpx.AsyncClient`` to use (e.g. with mTLS); by default a fresh
-            client per run, so a stale pooled connection cannot hide an outage.
+        client: an ``httpx.AsyncClient`` to use (e.g. with mTLS), owned by the caller. By
+            default the check makes one client on its first run and reuses it (making
+            one costs an SSL context, tens of milliseconds of a stalled event loop),
+            without keep-alive, so each run opens a fresh connection and a stale pooled
+            one cannot hide an outage. It is closed by `HealthApp.aclose` or when the
+            health app's lifespan shuts down; a run in another event loop gets its own.
         name: the key in the readiness answer (default: the URL's host).
         critical: whether a failure makes readiness fail (otherwise it is ``warn``).
 
@@ -303,15 +354,18 @@ def http(
         accepted = frozenset(expected_status)
     shown_url = sanitize_message(urllib.parse.urlunsplit(parts._replace(query="", fragment="")))
     request_headers = dict(headers or {})
+    own = _LoopClient(httpx_module, timeout)  # makes a client only if `client` is None
 
     async def request() -> dict[str, object]:
         if client is not None:
             response = await client.request(method, url, headers=request_headers)
         else:
-            async with httpx_module.AsyncClient(
-                timeout=timeout, follow_redirects=False
-            ) as own_client:
-                response = await own_client.request(method, url, headers=request_headers)
+            used = own.get()
+            try:
+                response = await used.request(method, url, headers=request_headers)
+            except asyncio.CancelledError:
+                await own.discard(used)
+                raise
         code: int = response.status_code
         if code in accepted:
             return {"status_code": code}
@@ -327,6 +381,7 @@ def http(
         timeout=timeout,
         critical=critical,
         component_type="component",
+        close=own.aclose if client is None else None,
     )
 
 

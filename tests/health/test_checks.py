@@ -6,14 +6,19 @@ import asyncio
 import sys
 import threading
 import time
-from typing import Any
+from typing import Any, ClassVar
 
+import httpx
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from prometheus_client import CollectorRegistry
+from starlette.applications import Starlette
 
-from asgi_observe.health import Check, checks
+from asgi_observe import Settings, instrument
+from asgi_observe.health import Check, HealthApp, checks
 from asgi_observe.health._check import run_check, sanitize_message
 from asgi_observe.types import Receive, Scope, Send
-from tests.support import black_hole, refused_port, run_uvicorn, wait_until
+from tests.support import black_hole, drive_lifespan, refused_port, run_uvicorn, wait_until
 
 
 async def test_async_callable_passes() -> None:
@@ -255,6 +260,115 @@ async def test_http_black_hole_fails_at_the_timeout() -> None:
     assert 0.25 <= elapsed < 0.3 + 0.3
 
 
+class CountingClient(httpx.AsyncClient):
+    """``httpx.AsyncClient`` that counts its constructions (each builds an SSL context)."""
+
+    made: ClassVar[list[CountingClient]] = []
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        CountingClient.made.append(self)
+
+
+@pytest.fixture
+def counted_clients(monkeypatch: pytest.MonkeyPatch) -> list[CountingClient]:
+    CountingClient.made = []
+    monkeypatch.setattr(httpx, "AsyncClient", CountingClient)
+    return CountingClient.made
+
+
+async def test_http_check_reuses_one_client_across_runs(
+    counted_clients: list[CountingClient],
+) -> None:
+    with run_uvicorn(status_app, lifespan="off") as server:
+        check = checks.http(f"{server.url}/ok")
+        results = [await run_check(check) for _ in range(5)]
+        down = checks.http(f"{server.url}/down")
+        failed = [await run_check(down) for _ in range(3)]
+    assert [result.status for result in results] == ["pass"] * 5
+    assert [result.status for result in failed] == ["fail"] * 3
+    assert len(counted_clients) == 2  # one per check, not one per run
+    assert check.close is not None
+    await check.close()
+    assert counted_clients[0].is_closed
+
+
+async def test_http_check_with_a_reused_client_still_fails_at_the_timeout(
+    counted_clients: list[CountingClient],
+) -> None:
+    """A run cut off at the timeout discards its client, releasing the hung socket."""
+
+    async def closed(client: CountingClient) -> None:
+        for _ in range(500):  # polled: the abandoned request unwinds on the loop
+            if client.is_closed:
+                return
+            await asyncio.sleep(0.01)
+        pytest.fail("the client of a timed-out run was not closed")
+
+    with black_hole() as port:
+        check = checks.http(f"http://127.0.0.1:{port}/", timeout=0.3)
+        for run in range(2):
+            start = time.perf_counter()
+            result = await run_check(check)
+            elapsed = time.perf_counter() - start
+            assert result.status == "fail"
+            assert result.message == "TimeoutError: no answer within 0.3s"
+            assert elapsed < 0.3 + 0.3
+            await closed(counted_clients[run])
+    assert len(counted_clients) == 2
+    assert check.close is not None
+    await check.close()
+
+
+async def test_http_check_opens_a_fresh_connection_each_run() -> None:
+    """No keep-alive: a peer that went away is noticed on the next run."""
+    with run_uvicorn(status_app, lifespan="off") as server:
+        check = checks.http(f"{server.url}/ok")
+        assert (await run_check(check)).status == "pass"
+    with run_uvicorn(status_app, lifespan="off", port=server.port) as restarted:
+        assert (await run_check(check)).status == "pass"
+    result = await run_check(check)  # nothing listens any more
+    assert result.status == "fail"
+    assert result.message is not None
+    assert result.message.startswith("ConnectError")
+    assert restarted.port == server.port
+    assert check.close is not None
+    await check.close()
+
+
+def test_http_check_runs_in_successive_event_loops(counted_clients: list[CountingClient]) -> None:
+    with run_uvicorn(status_app, lifespan="off") as server:
+        check = checks.http(f"{server.url}/ok")
+        first = asyncio.run(run_check(check))
+        second = asyncio.run(run_check(check))  # the first loop is closed by now
+    assert (first.status, second.status) == ("pass", "pass")
+    assert len(counted_clients) == 2  # one per loop: a client is bound to its loop
+
+
+async def test_health_app_closes_the_http_client_on_shutdown(
+    counted_clients: list[CountingClient],
+) -> None:
+    with run_uvicorn(status_app, lifespan="off") as server:
+        app = HealthApp(
+            {"upstream": checks.http(f"{server.url}/ok")}, registry=CollectorRegistry(), cache_ttl=0
+        )
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://test"
+        ) as http:
+            for _ in range(3):
+                assert (await http.get("/ready")).status_code == 200
+            shown = len(counted_clients)
+            answers = await drive_lifespan(app)
+            assert answers[-1] == {"type": "lifespan.shutdown.complete"}
+            assert counted_clients[-1].is_closed
+            # Closed is not broken: the next probe makes a new client.
+            assert (await http.get("/ready")).status_code == 200
+    assert shown == 2  # the test's own client and the check's
+    assert len(counted_clients) == 3
+    await app.aclose()
+    assert counted_clients[-1].is_closed
+
+
 def test_http_without_httpx_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "httpx", None)
     with pytest.raises(ImportError, match=r"pip install asgi-observe\[httpx\]"):
@@ -313,3 +427,28 @@ def test_sanitize_message_removes_credentials(raw: str, expected: str) -> None:
 
 def test_sanitize_message_bounds_length() -> None:
     assert len(sanitize_message("x" * 10_000)) == 300
+
+
+async def test_instrument_closes_the_mounted_health_apps_client_on_shutdown(
+    counted_clients: list[CountingClient],
+) -> None:
+    with run_uvicorn(status_app, lifespan="off") as server:
+        health = HealthApp(
+            {"upstream": checks.http(f"{server.url}/ok")}, registry=CollectorRegistry()
+        )
+        app = instrument(
+            Starlette(),
+            Settings(),
+            health=health,
+            registry=CollectorRegistry(),
+            tracer_provider=TracerProvider(),
+        )
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://test"
+        ) as http:
+            assert (await http.get("/health/ready")).status_code == 200
+        check_client = counted_clients[-1]
+        assert not check_client.is_closed
+        answers = await drive_lifespan(app)
+    assert answers[-1] == {"type": "lifespan.shutdown.complete"}
+    assert check_client.is_closed
