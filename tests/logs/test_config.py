@@ -50,7 +50,8 @@ from tests.support import free_port
 __all__ = ["json_logs", "restore_logging"]  # fixtures used below
 
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The repository, so subprocesses import this checkout's package and examples.
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _run_script(script: str, **env: str) -> tuple[list[dict[str, Any]], str]:
