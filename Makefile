@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: install realparts run test lint format bench stack-up stack-down k8s clean
+.PHONY: install realparts run test lint format bench bench-http bench-memory stack-up stack-down k8s clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,15 @@ format: install
 
 bench: install
 	$(BIN)/python -m bench
+
+# Real uvicorn servers under wrk (docs/performance.md, "Over HTTP"); e.g.
+# make bench-http BENCH_ARGS="--duration 3 --rounds 1 --only instrument_10 --mode plain"
+bench-http: install realparts
+	$(BIN)/python -m bench.bench_http $(BENCH_ARGS)
+
+# A million requests over 100,000 paths through instrument(): memory, series, route count.
+bench-memory: install
+	$(BIN)/python -m bench.bench_memory $(BENCH_ARGS)
 
 stack-up:
 	@bash scripts/run.sh start
