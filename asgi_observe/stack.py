@@ -24,11 +24,7 @@ from asgi_observe.health.app import HealthApp
 from asgi_observe.logs.access import AccessLogMiddleware
 from asgi_observe.metrics.exposition import metrics_app
 from asgi_observe.metrics.http import MetricsMiddleware
-from asgi_observe.metrics.internal import (
-    InternalMetricsServer,
-    sibling_holds_port,
-    worker_supervisor,
-)
+from asgi_observe.metrics.internal import InternalMetricsServer
 from asgi_observe.metrics.legacy import legacy_metrics_app
 from asgi_observe.request_id import RequestIdMiddleware
 from asgi_observe.routes import ROUTE_SCOPE_KEY, SUBROUTE_SCOPE_KEY
@@ -145,6 +141,9 @@ def _starting_listener(server: InternalMetricsServer, *, shared: bool) -> Hook:
     """
 
     async def start_internal_metrics() -> None:
+        # Process inspection (psutil) is needed only here, with an internal port set.
+        from asgi_observe.metrics.workers import sibling_holds_port, worker_supervisor
+
         try:
             await server.start()
         except OSError as exc:

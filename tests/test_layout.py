@@ -87,3 +87,38 @@ def _through_own_package(cycle: str) -> bool:
         later.startswith(earlier + ".") or earlier.startswith(later + ".")
         for earlier, later in itertools.pairwise(nodes)
     )
+
+
+def test_psutil_is_imported_only_where_it_is_used() -> None:
+    """System metrics, dead-worker sweeps and worker detection import it when they run;
+    `asgi_observe.metrics.workers` imports it at module level, and is itself imported
+    only by the internal-port start-up hook."""
+    modules = _modules()
+    at_module_level = {
+        name
+        for name, tree in modules.items()
+        for node in _module_level_imports(tree)
+        if isinstance(node, ast.Import)
+        and any(alias.name == "psutil" for alias in node.names)
+        and not _under_type_checking(tree, node)
+    }
+    assert at_module_level == {"asgi_observe.metrics.workers"}
+    importers = {
+        name
+        for name, tree in modules.items()
+        for node in _module_level_imports(tree)
+        if isinstance(node, ast.ImportFrom) and node.module == "asgi_observe.metrics.workers"
+    }
+    assert importers == set()
+
+
+def _under_type_checking(tree: ast.Module, target: ast.stmt) -> bool:
+    for node in tree.body:
+        if (
+            isinstance(node, ast.If)
+            and isinstance(node.test, ast.Name)
+            and node.test.id == "TYPE_CHECKING"
+            and target in node.body
+        ):
+            return True
+    return False

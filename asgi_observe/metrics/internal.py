@@ -1,18 +1,17 @@
 """The internal metrics listener: ``/metrics`` on its own host and port, for the app's lifetime.
 
-The seed's "most secure" option is a separate port bound to localhost or an internal
-network, so the public listener never serves metrics at all. The ASGI server runs one
-listener, so this module runs a second, minimal HTTP/1.1 server with asyncio streams
-in the same event loop. It is started and stopped by `instrument()`'s lifespan hooks and
-works under any ASGI server (uvicorn, hypercorn, granian, daphne).
+The most secure way to keep metrics private is a separate port bound to localhost or an
+internal network, so the public listener never serves metrics at all. The ASGI server
+runs one listener, so this module runs a second, small HTTP/1.1 server with asyncio
+streams in the same event loop. It is started and stopped by `instrument()`'s lifespan
+hooks and works under any ASGI server (uvicorn, hypercorn, granian, daphne).
 
-It is deliberately small: exact-path routing to ASGI apps, GET-sized requests (no
-chunked request bodies), keep-alive for Prometheus' connection reuse, and timeouts so a
-slow or idle client cannot hold a connection forever.
-
-Under a multi-worker server every worker tries to bind the port. `sibling_holds_port`
-and `worker_supervisor` tell a sibling worker holding the port apart from a foreign
-process, so only the former lets start-up go on (the rule is in their docstrings).
+HTTP is parsed by h11 (the HTTP/1.1 state machine uvicorn's default protocol uses), not
+by hand: framing, header syntax, ``Content-Length``/``Transfer-Encoding`` and keep-alive
+follow RFC 9112. What this module adds is the exposure policy: exact-path routing to
+ASGI apps, bounded request heads (431) and bodies (413), and a deadline for each request
+so a slow client (slowloris) gets a 408 and loses its connection instead of holding it.
+Reads and writes are asynchronous: nothing here blocks the app's event loop.
 """
 
 from __future__ import annotations
@@ -20,39 +19,37 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from collections.abc import Mapping
+from http import HTTPStatus
 from urllib.parse import unquote
 
-import psutil
+import h11
 
 from asgi_observe.types import ASGIApp, Message, Scope
 
-__all__ = ["InternalMetricsServer", "sibling_holds_port", "worker_supervisor"]
+__all__ = ["InternalMetricsServer"]
 
 logger = logging.getLogger("asgi_observe")
 
-_MAX_HEAD = 16 * 1024
-_MAX_BODY = 64 * 1024
-_REASONS = {
-    200: b"OK",
-    400: b"Bad Request",
-    401: b"Unauthorized",
-    403: b"Forbidden",
-    404: b"Not Found",
-    405: b"Method Not Allowed",
-    413: b"Content Too Large",
-    431: b"Request Header Fields Too Large",
-    500: b"Internal Server Error",
-    501: b"Not Implemented",
-    505: b"HTTP Version Not Supported",
-}
+MAX_HEAD = 16 * 1024
+"""Bytes allowed for a request line and headers; larger heads get 431."""
+
+MAX_BODY = 64 * 1024
+"""Bytes allowed for a request body (scrapes have none); larger bodies get 413."""
+
+_READ_SIZE = 16 * 1024
 
 
-class _BadRequestError(Exception):
+class _RequestError(Exception):
+    """The request cannot be served; answer `status` and close the connection."""
+
     def __init__(self, status: int) -> None:
         super().__init__(status)
         self.status = status
+
+
+class _ClientGoneError(Exception):
+    """The client closed the connection or sent nothing more before the deadline."""
 
 
 class InternalMetricsServer:
@@ -63,8 +60,9 @@ class InternalMetricsServer:
             any other path is 404.
         host: the address to bind (``METRICS_INTERNAL_HOST``, default ``127.0.0.1``).
         port: the TCP port (``METRICS_INTERNAL_PORT``); 0 picks a free one (see `port`).
-        timeout: seconds allowed to read one request head, and idle time before a
-            kept-alive connection is closed.
+        timeout: seconds allowed to receive one whole request (head and body), and idle
+            time before a kept-alive connection is closed. A request still incomplete at
+            its deadline is answered 408.
 
     `start` raises `OSError` naming the address and the variables when the port cannot
     be bound (in use, not permitted). The ASGI apps get a normal ``http`` scope whose
@@ -99,9 +97,7 @@ class InternalMetricsServer:
         if self._server is not None:
             return
         try:
-            server = await asyncio.start_server(
-                self._serve_connection, self.host, self.port, limit=_MAX_HEAD
-            )
+            server = await asyncio.start_server(self._serve_connection, self.host, self.port)
         except OSError as exc:
             msg = (
                 f"cannot start the internal metrics listener on {self.host}:{self.port} "
@@ -132,10 +128,11 @@ class InternalMetricsServer:
         task = asyncio.current_task()
         if task is not None:
             self._connections.add(task)
+        connection = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
         try:
-            while await self._serve_one(reader, writer):
-                pass
-        except (asyncio.CancelledError, ConnectionError, asyncio.TimeoutError):
+            while await self._serve_one(connection, reader, writer):
+                connection.start_next_cycle()
+        except (asyncio.CancelledError, ConnectionError, _ClientGoneError):
             pass
         except Exception:
             logger.exception("asgi_observe: internal metrics listener failed on a connection")
@@ -146,85 +143,99 @@ class InternalMetricsServer:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    async def _serve_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
-        """Serve one request; returns whether the connection stays open."""
-        try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self._timeout)
-        except asyncio.IncompleteReadError:
-            return False  # the client closed the connection between requests
-        except asyncio.LimitOverrunError:
-            await self._write(writer, 431, [], b"", head_only=False, close=True)
-            return False
-        try:
-            scope, body, keep_alive = await self._parse(head, reader, writer)
-        except _BadRequestError as exc:
-            await self._write(writer, exc.status, [], b"", head_only=False, close=True)
-            return False
-        app = self._routes.get(scope["path"])
-        if app is None:
-            await self._write(
-                writer, 404, [], b"Not Found\n", head_only=False, close=not keep_alive
-            )
-            return keep_alive
-        return await self._run_app(app, scope, body, writer, keep_alive=keep_alive)
+    async def _next_event(
+        self, connection: h11.Connection, reader: asyncio.StreamReader, deadline: float
+    ) -> object:
+        """The next h11 event, reading as needed until `deadline` (loop time)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            event = connection.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise TimeoutError
+            data = await asyncio.wait_for(reader.read(_READ_SIZE), remaining)
+            connection.receive_data(data)  # b"" tells h11 the peer closed
 
-    async def _parse(
-        self, head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> tuple[Scope, bytes, bool]:
-        lines = head[:-4].split(b"\r\n")
-        parts = lines[0].split(b" ")
-        if len(parts) != 3 or not parts[0].isalpha() or not parts[1].startswith(b"/"):
-            raise _BadRequestError(400)
-        method, target, version = parts
-        if version not in (b"HTTP/1.1", b"HTTP/1.0"):
-            raise _BadRequestError(505)
+    async def _serve_one(
+        self, connection: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
+        """Serve one request; returns whether the connection stays open for another."""
+        deadline = asyncio.get_running_loop().time() + self._timeout
+        try:
+            request, body = await self._receive_request(connection, reader, deadline)
+        except _RequestError as exc:
+            await self._refuse(connection, writer, exc.status)
+            return False
+        except (TimeoutError, asyncio.TimeoutError):  # distinct classes before Python 3.11
+            # Idle between requests: just close. Part of a request received: 408.
+            if connection.their_state is not h11.IDLE or connection.trailing_data[0]:
+                await self._refuse(connection, writer, 408)
+            return False
+        scope = self._scope(request, writer)
+        app = self._routes.get(scope["path"])
         headers: list[tuple[bytes, bytes]] = []
-        for line in lines[1:]:
-            name, sep, value = line.partition(b":")
-            if not sep or not name or name != name.strip() or b" " in name:
-                raise _BadRequestError(400)
-            headers.append((name.lower(), value.strip()))
-        values = dict(headers)
-        if b"transfer-encoding" in values:
-            raise _BadRequestError(501)
-        length_text = values.get(b"content-length", b"0")
-        if not length_text.isdigit():
-            raise _BadRequestError(400)
-        length = int(length_text)
-        if length > _MAX_BODY:
-            raise _BadRequestError(413)
-        body = await asyncio.wait_for(reader.readexactly(length), self._timeout) if length else b""
-        connection = values.get(b"connection", b"").lower()
-        keep_alive = version == b"HTTP/1.1" and b"close" not in connection
-        raw_path, _, query = target.partition(b"?")
+        if app is None:
+            status, content = 404, b"Not Found\n"
+        else:
+            status, headers, content = await self._run_app(app, scope, body)
+        if status == 500:
+            headers.append((b"connection", b"close"))  # a broken endpoint: start afresh
+        await self._respond(connection, writer, status, headers, content, method=request.method)
+        return connection.our_state is h11.DONE and connection.their_state is h11.DONE
+
+    async def _receive_request(
+        self, connection: h11.Connection, reader: asyncio.StreamReader, deadline: float
+    ) -> tuple[h11.Request, bytes]:
+        try:
+            event = await self._next_event(connection, reader, deadline)
+            if isinstance(event, h11.ConnectionClosed):
+                raise _ClientGoneError
+            if not isinstance(event, h11.Request):
+                raise _RequestError(400)
+            _check_head(event)
+            chunks: list[bytes] = []
+            size = 0
+            while True:
+                part = await self._next_event(connection, reader, deadline)
+                if isinstance(part, h11.Data):
+                    size += len(part.data)
+                    if size > MAX_BODY:
+                        raise _RequestError(413)
+                    chunks.append(bytes(part.data))
+                elif isinstance(part, h11.EndOfMessage):
+                    return event, b"".join(chunks)
+                elif isinstance(part, h11.ConnectionClosed):
+                    raise _ClientGoneError
+        except h11.RemoteProtocolError as exc:
+            # h11's hint: 431 for an oversized head, 505 for another HTTP version, else 400.
+            raise _RequestError(exc.error_status_hint) from None
+
+    def _scope(self, request: h11.Request, writer: asyncio.StreamWriter) -> Scope:
+        raw_path, _, query = bytes(request.target).partition(b"?")
         peer = writer.get_extra_info("peername")
         sock = writer.get_extra_info("sockname")
-        scope: Scope = {
+        return {
             "type": "http",
             "asgi": {"version": "3.0", "spec_version": "2.3"},
-            "http_version": version[5:].decode("ascii"),
-            "method": method.decode("ascii").upper(),
+            "http_version": request.http_version.decode("ascii"),
+            "method": request.method.decode("ascii").upper(),
             "scheme": "http",
             "path": unquote(raw_path.decode("latin-1")),
             "raw_path": raw_path,
             "query_string": query,
             "root_path": "",
-            "headers": headers,
+            "headers": [(bytes(name), bytes(value)) for name, value in request.headers],
             "client": (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None,
             "server": (str(sock[0]), int(sock[1])) if isinstance(sock, tuple) else None,
             "state": {},
         }
-        return scope, body, keep_alive
 
     async def _run_app(
-        self,
-        app: ASGIApp,
-        scope: Scope,
-        body: bytes,
-        writer: asyncio.StreamWriter,
-        *,
-        keep_alive: bool,
-    ) -> bool:
+        self, app: ASGIApp, scope: Scope, body: bytes
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """Run `app` to completion and return its response (buffered: scrapes are small)."""
         request_sent = False
         response_done = asyncio.Event()
         status = 0
@@ -257,143 +268,86 @@ class InternalMetricsServer:
         finally:
             response_done.set()
         if not status:
-            await self._write(
-                writer, 500, [], b"Internal Server Error\n", head_only=False, close=True
-            )
-            return False
-        await self._write(
-            writer,
-            status,
-            headers,
-            b"".join(chunks),
-            head_only=scope["method"] == "HEAD",
-            close=not keep_alive,
-        )
-        return keep_alive
+            return 500, [], b"Internal Server Error\n"
+        return status, headers, b"".join(chunks)
 
-    async def _write(
+    async def _respond(
         self,
+        connection: h11.Connection,
         writer: asyncio.StreamWriter,
         status: int,
         headers: list[tuple[bytes, bytes]],
-        body: bytes,
+        content: bytes,
         *,
-        head_only: bool,
-        close: bool,
+        method: bytes,
     ) -> None:
-        out = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Unknown"))]
         names = {name for name, _ in headers}
-        if b"content-type" not in names and body:
-            out.append(b"content-type: text/plain; charset=utf-8\r\n")
+        # h11 frames the body: it must know its length (and owns Connection headers).
+        out = [
+            (name, value) for name, value in headers if name != b"connection" or value == b"close"
+        ]
         if b"content-length" not in names:
-            out.append(b"content-length: %d\r\n" % len(body))
-        out.extend(
-            name + b": " + value + b"\r\n" for name, value in headers if name != b"connection"
-        )
-        if close:
-            out.append(b"connection: close\r\n")
-        out.append(b"\r\n")
-        if not head_only:
-            out.append(body)
-        writer.write(b"".join(out))
+            out.append((b"content-length", str(len(content)).encode("ascii")))
+        if b"content-type" not in names and content:
+            out.append((b"content-type", b"text/plain; charset=utf-8"))
+        response = h11.Response(status_code=status, headers=out, reason=_reason(status))
+        data = connection.send(response) or b""
+        if method != b"HEAD" and content:
+            data += connection.send(h11.Data(data=content)) or b""
+        data += connection.send(h11.EndOfMessage()) or b""
+        writer.write(data)
         await writer.drain()
 
-
-_SUPERVISORS = ("uvicorn", "gunicorn")
-# What multiprocessing's spawn start method puts on a child's command line.
-_SPAWNED = "--multiprocessing-fork"
-
-
-def _listens_on(process: psutil.Process, port: int) -> bool:
-    try:
-        connections = process.net_connections(kind="tcp")
-    except psutil.Error:
-        return False
-    return any(
-        conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port
-        for conn in connections
-    )
-
-
-def _identity(process: psutil.Process) -> tuple[str, tuple[str, ...]]:
-    command = process.cmdline()
-    # Spawned workers differ only in their pipe handles: they are one program.
-    return process.exe(), (_SPAWNED,) if _SPAWNED in command else tuple(command)
-
-
-def _worker_siblings(parent: psutil.Process) -> list[psutil.Process]:
-    """The other children of `parent` running the same program as this process.
-
-    Forked workers (gunicorn) share this process's command line; spawned ones (uvicorn
-    ``--workers``, hypercorn) are all multiprocessing spawn children. A shell's other
-    children (``| tee``) and multiprocessing's helper processes are neither.
-    """
-    me = psutil.Process()
-    mine = _identity(me)
-    siblings: list[psutil.Process] = []
-    for child in parent.children():
-        if child.pid == me.pid:
-            continue
+    async def _refuse(
+        self, connection: h11.Connection, writer: asyncio.StreamWriter, status: int
+    ) -> None:
+        """Answer an error and make the connection close, when a response can still go."""
+        if connection.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return
+        body = b"%d %s\n" % (status, _reason(status))
         try:
-            if _identity(child) == mine:
-                siblings.append(child)
-        except psutil.Error:
-            continue
-    return siblings
+            data = connection.send(
+                h11.Response(
+                    status_code=status,
+                    reason=_reason(status),
+                    headers=[
+                        (b"content-type", b"text/plain; charset=utf-8"),
+                        (b"content-length", str(len(body)).encode("ascii")),
+                        (b"connection", b"close"),
+                    ],
+                )
+            )
+            data = (data or b"") + (connection.send(h11.Data(data=body)) or b"")
+            data += connection.send(h11.EndOfMessage()) or b""
+        except h11.LocalProtocolError:
+            return  # h11 cannot frame a response in this state: closing says enough
+        writer.write(data)
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
 
 
-def _parent() -> psutil.Process | None:
-    try:
-        parent = psutil.Process().parent()
-    except psutil.Error:
-        return None
-    # Orphaned (or started by init): no supervisor whose workers could share the port.
-    return None if parent is None or parent.pid <= 1 else parent
+def _check_head(request: h11.Request) -> None:
+    """Refuse what h11 accepts but this listener will not serve.
 
-
-def sibling_holds_port(port: int) -> bool:
-    """Whether a *sibling worker* is the process listening on TCP `port`.
-
-    The rule, applied after a bind failed with EADDRINUSE: another child of this
-    process's parent, running the same program, listens on `port`, and the parent
-    itself does not. Sibling workers
-    of uvicorn ``--workers``, gunicorn and hypercorn are children of one supervisor. The
-    second condition excludes the server's public port, which the supervisor opens and
-    its workers inherit. Any other holder (an unrelated program, another service, a
-    stale process) is foreign, and start-up must fail on it.
+    h11 bounds only a head still incomplete in its buffer, so one that arrives whole
+    in a few reads is measured here; a body too large is refused before waiting for it;
+    and h11 parses any ``HTTP/x.y`` request line, while this listener speaks 1.0 and 1.1.
     """
-    parent = _parent()
-    if parent is None or _listens_on(parent, port):
-        return False
-    try:
-        siblings = _worker_siblings(parent)
-    except psutil.Error:
-        return False
-    return any(_listens_on(sibling, port) for sibling in siblings)
+    if request.http_version not in (b"1.0", b"1.1"):
+        raise _RequestError(505)
+    if not request.target.startswith(b"/"):  # origin-form only: no proxying, no "*"
+        raise _RequestError(400)
+    size = len(request.method) + len(request.target) + 12
+    for name, value in request.headers:
+        size += len(name) + len(value) + 4
+        if name == b"content-length" and int(value) > MAX_BODY:
+            raise _RequestError(413)
+    if size > MAX_HEAD:
+        raise _RequestError(431)
 
 
-def worker_supervisor() -> str | None:
-    """What runs this process as one of several workers, or None for a single process.
-
-    The rule: the parent process is a uvicorn or gunicorn supervisor (its command line
-    runs ``uvicorn``, outside uvicorn's ``--reload`` mode which runs one process, or
-    ``gunicorn``, which can add workers at any time), or the parent has another child
-    running the same program right now (hypercorn and other servers with a worker pool).
-    """
-    parent = _parent()
-    if parent is None:
-        return None
+def _reason(status: int) -> bytes:
     try:
-        command = parent.cmdline()
-    except psutil.Error:
-        return None
-    for token in command[:4]:
-        # gunicorn may retitle its master "gunicorn: master [app]".
-        name = os.path.basename(token).split(":")[0]
-        if name in _SUPERVISORS and not (name == "uvicorn" and "--reload" in command):
-            return name
-    try:
-        has_siblings = bool(_worker_siblings(parent))
-    except psutil.Error:
-        return None
-    return os.path.basename(command[0]) if command and has_siblings else None
+        return HTTPStatus(status).phrase.encode("ascii")
+    except ValueError:  # a status the app invented
+        return b""

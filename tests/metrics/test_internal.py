@@ -91,20 +91,45 @@ async def test_keep_alive_serves_several_requests_on_one_connection(
         writer.close()
 
 
+H = b"Host: x\r\n"
+
+
 @pytest.mark.parametrize(
     ("request_bytes", "status"),
     [
         (b"GARBAGE\r\n\r\n", b"400"),
-        (b"GET metrics HTTP/1.1\r\n\r\n", b"400"),
-        (b"GET /metrics HTTP/2.0\r\n\r\n", b"505"),
-        (b"GET /metrics HTTP/1.1\r\nno colon here\r\n\r\n", b"400"),
-        (b"GET /metrics HTTP/1.1\r\nContent-Length: abc\r\n\r\n", b"400"),
-        (b"GET /metrics HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n", b"413"),
-        (b"POST /metrics HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", b"501"),
-        (b"GET /metrics HTTP/1.1\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n", b"431"),
+        (b"GET metrics HTTP/1.1\r\n" + H + b"\r\n", b"400"),
+        (b"GET /metrics HTTP/2.0\r\n" + H + b"\r\n", b"505"),
+        (b"GET /metrics HTTP/1.1\r\n\r\n", b"400"),  # HTTP/1.1 requires Host (RFC 9112)
+        (b"GET /metrics HTTP/1.1\r\n" + H + b"no colon here\r\n\r\n", b"400"),
+        (b"GET /metrics HTTP/1.1\r\n" + H + b"Content-Length: abc\r\n\r\n", b"400"),
+        (
+            b"GET /metrics HTTP/1.1\r\n" + H + b"Content-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            b"400",
+        ),
+        (b"GET /metrics HTTP/1.1\r\n" + H + b"Content-Length: 99999999\r\n\r\n", b"413"),
+        (
+            b"POST /metrics HTTP/1.1\r\n"
+            + H
+            + b"Transfer-Encoding: chunked\r\n\r\n"
+            + b"10001\r\n"
+            + b"a" * 0x10001
+            + b"\r\n0\r\n\r\n",
+            b"413",
+        ),
+        # A chunked body is framed by h11; the endpoint itself refuses POST.
+        (
+            b"POST /metrics HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"405",
+        ),
+        (b"GET /metrics HTTP/1.1\r\n" + H + b"X-Big: " + b"a" * 20_000 + b"\r\n\r\n", b"431"),
+        (b"GET /metrics HTTP/1.1\r\n" + H + b"X-Many: a\r\n" * 2_000 + b"\r\n", b"431"),
+        (b"GET /metrics HTTP/1.1\r\n" + b"X-Big: " + b"a" * 100_000, b"431"),  # never ends
         (b"GET /metrics HTTP/1.0\r\n\r\n", b"200"),
-        (b"GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n", b"200"),
-        (b"GET /%ff%00?x=\xff HTTP/1.1\r\nConnection: close\r\n\r\n", b"404"),
+        (b"GET /metrics HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n", b"200"),
+        (b"GET /%ff%00?x=y HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n", b"404"),
+        (b"GET /\xff HTTP/1.1\r\n" + H + b"\r\n", b"400"),
+        (b"GET /metrics HTTP/1.1\r\n" + H + b"X-Bad: \x00\r\n\r\n", b"400"),
     ],
 )
 async def test_malformed_requests_get_an_error_and_a_closed_connection(
@@ -112,6 +137,43 @@ async def test_malformed_requests_get_an_error_and_a_closed_connection(
 ) -> None:
     response = await raw_exchange(server.port, request_bytes)  # read() returns at close
     assert response.startswith(b"HTTP/1.1 " + status + b" ")
+
+
+async def test_a_slow_client_gets_408_and_loses_its_connection(
+    server: InternalMetricsServer,
+) -> None:
+    """Slowloris: a byte now and then keeps no connection past the request deadline."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    request = b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 50
+    received = b""
+    try:
+        for byte in request:
+            writer.write(bytes([byte]))
+            await writer.drain()
+            try:
+                received = await asyncio.wait_for(reader.read(), 0.05)
+            except asyncio.TimeoutError:
+                continue
+            break
+        if not received:  # the whole trickle fit in the deadline: wait for the verdict
+            received = await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+    assert received.startswith(b"HTTP/1.1 408 ")
+    assert b"connection: close" in received.lower()
+
+
+async def test_a_slow_client_does_not_delay_others(server: InternalMetricsServer) -> None:
+    """The listener shares the app's event loop: a stalled client must not block it."""
+    _, stalled = await asyncio.open_connection("127.0.0.1", server.port)
+    stalled.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # head never finished
+    await stalled.drain()
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as client:
+            responses = await asyncio.gather(*(client.get("/metrics") for _ in range(20)))
+        assert [response.status_code for response in responses] == [200] * 20
+    finally:
+        stalled.close()
 
 
 async def test_idle_connections_are_closed_after_the_timeout(server: InternalMetricsServer) -> None:
@@ -178,7 +240,7 @@ async def test_an_app_that_raises_gives_500_and_is_logged(caplog: pytest.LogCapt
     listener = InternalMetricsServer({"/metrics": broken}, port=0)
     await listener.start()
     try:
-        response = await raw_exchange(listener.port, b"GET /metrics HTTP/1.1\r\n\r\n")
+        response = await raw_exchange(listener.port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
     finally:
         await listener.stop()
     assert response.startswith(b"HTTP/1.1 500 ")
