@@ -1,15 +1,17 @@
 """Redaction of personal data and secrets from everything the stack writes down.
 
-This module owns the patterns (`PII_PATTERNS`), the sensitive-key rule, `redact()` and
-the structlog processor `PIIRedactor` that `configure_logging` puts in every chain, so
-application logs, stdlib/uvicorn lines, access logs and exception text share one
-sanitizer. It is tuned for the hot path: with the default patterns a string that cannot
-contain any of them (no ``@``, no ``eyJ``, no run of seven digits and separators, no
-secret-looking keyword) is returned after a few substring checks, without running a
+This module owns the patterns (`PII_PATTERNS`), the sensitive-key rule, `redact()`, the
+query redaction (`redact_query`, `redact_url_queries`) and the structlog processor
+`PIIRedactor` that `configure_logging` puts in every chain, so application logs,
+stdlib/uvicorn lines, access logs and exception text share one sanitizer. It is tuned
+for the hot path: with the default patterns a string that cannot contain any of them
+(no ``@``, no ``eyJ``, no run of seven digits and separators, no secret-looking keyword
+or ``cookie`` header) is returned after a few substring checks, without running a
 single substitution. Operational values -- trace and span ids, UUIDs, hex request ids,
-ISO timestamps, IPv4 addresses, version strings, small numbers and durations -- are
-deliberately left alone: every number pattern is anchored on non-word boundaries, so
-digit runs inside hex ids or dotted addresses never match.
+ISO timestamps, dates and date ranges, IPv4 addresses, version strings, order numbers,
+small numbers and durations -- are deliberately left alone: every number pattern is
+anchored on non-word boundaries (or on a word of letters only joined by ``_``/``-``),
+so digit runs inside hex ids or dotted addresses never match.
 """
 
 from __future__ import annotations
@@ -254,16 +256,8 @@ def _number(match: re.Match[str]) -> str:
     return "[REDACTED_PHONE]" if low <= len(digits) <= 15 else text
 
 
-def _numbers(text: str) -> str:
-    """`_NUMBERS`, and `_JOINED_NUMBERS` where a word may be joined to a number."""
-    text = _NUMBERS.sub(_number, text)
-    if _joined_candidate(text):
-        text = _JOINED_NUMBERS.sub(_number, text)
-    return text
-
-
-# One byte per character class: letters "a", "_" and "-" "_", what a number starts with
-# "d", anything else "x"; a joined number needs "x" (or the start), letters, "_", "d".
+# One byte per character class: ASCII letters "a", "_" and "-" "_", a digit, "+" or "("
+# (what a number starts with) "d", anything else "x" (computed in C, like `_SHAPE`).
 _JOIN_SHAPE = bytes(
     ord("a")
     if chr(byte).isascii() and chr(byte).isalpha()
@@ -274,20 +268,24 @@ _JOIN_SHAPE = bytes(
     else ord("x")
     for byte in range(256)
 )
+_LETTER_OR_JOIN = frozenset(b"a_")
+_DIGIT = ord("d")
 
 
-def _joined_candidate(text: str) -> bool:
-    """Whether `text` holds a run of letters starting a token, then ``_``/``-`` and a digit,
-    ``+`` or ``(``: a few byte searches, so texts with UUIDs and hex ids cost no regex."""
-    shape = text.encode("utf-8", "ignore").translate(_JOIN_SHAPE)
+def _joined_candidate(encoded: bytes) -> bool:
+    """Whether a text (`encoded` in UTF-8) may hold a number joined to a word (see
+    `_JOINED_NUMBERS`): letters, ``_`` and ``-`` starting a token (no digit before them),
+    then a digit, ``+`` or ``(``. A few byte searches, so the hex segments of UUIDs and
+    ids (``e29b-41d4``) cost no number regex."""
+    shape = encoded.translate(_JOIN_SHAPE)
     index = shape.find(b"a_d")
     while index >= 0:
-        before = index
-        while before > 0 and shape[before - 1] in b"a_":
+        before = index - 1
+        while before >= 0 and shape[before] in _LETTER_OR_JOIN:
             before -= 1
-        if (before == 0 or shape[before - 1] == ord("x")) and shape[before] == ord("a"):
+        if before < 0 or shape[before] != _DIGIT:
             return True
-        index = shape.find(b"a_d", index + 1)
+        index = shape.find(b"a_d", index + 3)
     return False
 
 
@@ -342,7 +340,8 @@ def _redact_defaults(text: str) -> str:
         or "token" in lowered
         or "key" in lowered
     )
-    numbers = _SEVEN in text.encode("utf-8", "ignore").translate(_SHAPE)
+    encoded = text.encode("utf-8", "ignore")
+    numbers = _SEVEN in encoded.translate(_SHAPE)
     if not (at_sign or jwt or scheme or cookie or assignment or numbers):
         return text
     # Same order as PII_PATTERNS; placeholders never create a new trigger, so gates
@@ -361,7 +360,9 @@ def _redact_defaults(text: str) -> str:
     if at_sign:
         result = _EMAIL.sub("[REDACTED_EMAIL]", result)
     if numbers:
-        result = _numbers(result)
+        result = _NUMBERS.sub(_number, result)
+        if ("-" in text or "_" in text) and _joined_candidate(encoded):
+            result = _JOINED_NUMBERS.sub(_number, result)
     return result
 
 
@@ -580,10 +581,16 @@ def _clean(value: Any, depth: int) -> Any:
     if isinstance(value, Mapping):
         return _clean_mapping(value, depth)
     if kind is list or kind is tuple:
-        if len(value) == 2 and _sensitive_name(value[0]):
-            # a (name, value) pair: ``request.headers.items()``, ``scope["headers"]``
-            pair = [_clean(value[0], depth + 1), REDACTED]
-            return pair if kind is list else tuple(pair)
+        if len(value) == 2:
+            first = value[0]
+            # the memo of is_sensitive_key first: a lookup costs less than a call
+            sensitive = _key_cache.get(first) if type(first) is str else None
+            if sensitive is None:
+                sensitive = _sensitive_name(first)
+            if sensitive:
+                # a (name, value) pair: ``request.headers.items()``, ``scope["headers"]``
+                pair = [_clean(first, depth + 1), REDACTED]
+                return pair if kind is list else tuple(pair)
         if len(value) > MAX_ITEMS:
             return _clean_items(value, len(value), depth)
         cleaned = [_clean(item, depth + 1) for item in value]
