@@ -87,7 +87,9 @@ class StdlibQueryRedactor:
                 items = tuple(_redacted_arg(arg) for arg in args)
                 if items != args:
                     redacted = items
-            elif isinstance(args, Mapping):
+            elif isinstance(args, Mapping) and "%(" in str(record.msg):
+                # ``%(name)s`` lookups only: ``log("got %s", {"a": 1})`` formats the
+                # mapping itself, and getMessage() already wrote it (redacted later)
                 redacted = _RedactedAtoms(args)
             if redacted is not args:
                 # On failure getMessage()'s text stays; it is redacted below all the same.

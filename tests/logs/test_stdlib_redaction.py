@@ -117,6 +117,11 @@ def test_any_stdlib_message_loses_url_query_secrets(msg: str, args: Any, expecte
     assert _process(_record("third.party", msg, args)) == expected
 
 
+def test_a_mapping_formatted_whole_is_kept() -> None:
+    message = _process(_record("x", "payload %s at /cb?code=c0de", ({"n": 1, "k": "v"},)))
+    assert message == "payload {'n': 1, 'k': 'v'} at /cb?code=[REDACTED]"
+
+
 def test_a_message_that_cannot_be_rebuilt_keeps_getmessage_text() -> None:
     record = _record("x", "%s", ("/a?code=c0de",))
     record.msg = "%s"
