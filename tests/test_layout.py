@@ -47,6 +47,26 @@ def test_no_module_imports_an_underscore_name_of_another() -> None:
     assert offenders == []
 
 
+def test_no_private_module_of_another_package_is_imported() -> None:
+    """Only documented roads into other libraries: no ``x._y`` module paths (our own
+    private modules, such as ``asgi_observe._asgi``, are ours to use)."""
+    offenders = []
+    for name, tree in _modules().items():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                modules = [node.module]
+            elif isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            else:
+                continue
+            for module in modules:
+                if module.split(".")[0] in ("asgi_observe", "__future__"):
+                    continue
+                if any(part.startswith("_") for part in module.split(".")):
+                    offenders.append(f"{name}: {module}")
+    assert offenders == []
+
+
 def test_no_import_cycles_between_modules() -> None:
     modules = _modules()
     graph: dict[str, set[str]] = {name: set() for name in modules}

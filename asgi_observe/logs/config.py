@@ -21,8 +21,6 @@ bound-logger machinery, and writes the identical line for about half the cost.
 from __future__ import annotations
 
 import contextlib
-import contextvars
-import json
 import logging
 import sys
 import threading
@@ -30,11 +28,10 @@ from types import FrameType
 from typing import Any, TextIO
 
 import structlog
-from structlog.contextvars import bind_contextvars, clear_contextvars
+from structlog.contextvars import bind_contextvars, clear_contextvars, get_contextvars
 from structlog.typing import EventDict, FilteringBoundLogger, Processor, WrappedLogger
 
 from asgi_observe.logs.processors import (
-    JSON_ENCODER,
     StdlibQueryRedactor,
     TraceContextAdder,
     UTCTimeStamper,
@@ -143,40 +140,6 @@ _METHOD_LEVELS = {
     "error": logging.ERROR,
     "critical": logging.CRITICAL,
 }
-
-
-class _UnsanitizedValueError(Exception):
-    """Raised by the fast encoder on a value `PIIRedactor` would have converted."""
-
-
-def _refuse(value: Any) -> Any:
-    raise _UnsanitizedValueError
-
-
-def _sanitized_encoder() -> Any:
-    """The C encoder behind ``json_dumps`` prepared once, or None where it is missing.
-
-    ``JSONEncoder.encode`` builds it again for every call, which costs a third of the
-    encoding of an access-log line. It skips the circular-reference bookkeeping, so it
-    is only given event dicts that went through `PIIRedactor` (acyclic, depth-bounded,
-    JSON types only); anything else makes it raise and the real renderer takes over.
-    """
-    make = getattr(json.encoder, "c_make_encoder", None)
-    if make is None:
-        return None
-    try:
-        encoder = make(
-            None, _refuse, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, False
-        )
-        probe = {"a": ["é\n", 1, 2.5, None, True], "b": {"c": -3}}
-        if "".join(encoder(probe, 0)) != JSON_ENCODER.encode(probe):
-            return None
-    except Exception:  # another Python's private signature: use the public path
-        return None
-    return encoder
-
-
-_SANITIZED_ENCODER = _sanitized_encoder()
 
 
 class _State:
@@ -383,7 +346,7 @@ def write_event(
     applied to the same event dict in the same order, the JSON is encoded with the
     renderer's settings and the line goes to the same sink. What is skipped is
     structlog's bound-logger machinery (binding a logger, copying its context, the
-    keyword-argument round trip) and the per-line construction of a JSON encoder; with
+    keyword-argument round trip); with
     `plain_keys` (the caller vouches that no key of `fields` is sensitive or a
     ProcessorFormatter internal, so their values are redacted without looking the keys
     up) the processors are applied inline.
@@ -420,26 +383,12 @@ def write_event(
                 event_dict = processor(logger, method_name, event_dict)
         except structlog.DropEvent:
             return True
-    line: Any = None
-    if (
-        _SANITIZED_ENCODER is not None
-        and "_record" not in event_dict
-        and "_from_structlog" not in event_dict
-    ):
-        try:
-            line = "".join(_SANITIZED_ENCODER(event_dict, 0))
-        except Exception:  # not what PIIRedactor leaves: the renderer decides
-            line = None
-    if line is None:
-        line = production.renderer(logger, method_name, event_dict)
-    _state.sink.write(line)
+    _state.sink.write(str(production.renderer(logger, method_name, event_dict)))
     return True
 
 
 # Bound keys that make a processor other than redaction act: left to the general path.
 _SPECIAL_KEYS = frozenset({"exc_info", "stack_info", "_record", "_from_structlog"})
-_PREFIX = structlog.contextvars.STRUCTLOG_KEY_PREFIX
-_PREFIX_LENGTH = len(_PREFIX)
 
 
 def _process_plain(
@@ -459,14 +408,10 @@ def _process_plain(
     level names), the timestamp, and trace ids only when ``span_id`` is absent.
     """
     bound: dict[str, Any] | None = None
-    for var, value in contextvars.copy_context().items():
-        var_name = var.name
-        if var_name.startswith(_PREFIX) and value is not Ellipsis:
-            key = var_name[_PREFIX_LENGTH:]
-            if key not in fields and key != "event":
-                if bound is None:
-                    bound = {}
-                bound.setdefault(key, value)
+    context = get_contextvars()
+    if context:
+        bound = {key: value for key, value in context.items() if key not in fields}
+        bound.pop("event", None)
     if bound is not None and not _SPECIAL_KEYS.isdisjoint(bound):
         return None
     fields["event"] = event

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
+import orjson
 from opentelemetry.trace import get_current_span
 from structlog.typing import EventDict, WrappedLogger
 
@@ -139,33 +140,36 @@ def _make_encoder(**kwargs: Any) -> json.JSONEncoder:
     )
 
 
-JSON_ENCODER = _make_encoder()
-# structlog's JSONRenderer passes its own ``default`` on every call; building an encoder
-# per line cost as much as encoding it, so one is kept per ``default`` callable.
-_encoders_by_default: dict[int, tuple[Any, json.JSONEncoder]] = {}
+_ORJSON_OPTIONS = orjson.OPT_NON_STR_KEYS
 
 
 def json_dumps(value: Any, **kwargs: Any) -> str:
-    """`json.dumps` that renders anything: the serializer of the production renderer.
+    """The serializer of the production renderer: orjson, with a fallback that renders
+    anything.
 
-    Unknown objects go through a lenient default; structures json rejects outright
-    (non-string keys, cycles, NaN) are sanitized with `redact` and dumped again. Output
-    is ASCII (other characters are escaped), so any stream encoding can take it.
+    orjson (structlog's documented fast path) encodes the line; unknown objects go
+    through a lenient default (or the caller's ``default``). What orjson refuses
+    (integers beyond 64 bits, cycles, deep nesting) takes the standard library's path,
+    and structures that one rejects too are sanitized with `redact` and dumped again.
+    Output is ASCII (other characters are escaped as ``\\uXXXX``), so a stream with any
+    encoding can take every line.
     """
-    if not kwargs:
-        encoder = JSON_ENCODER
-    elif len(kwargs) == 1 and "default" in kwargs:
-        default = kwargs["default"]
-        found = _encoders_by_default.get(id(default))
-        if found is not None and found[0] is default:
-            encoder = found[1]
+    default = kwargs.get("default", _json_default)
+    if len(kwargs) <= 1 and (not kwargs or "default" in kwargs):
+        try:
+            encoded = orjson.dumps(value, default=default, option=_ORJSON_OPTIONS)
+        except (TypeError, ValueError, RecursionError, OverflowError):
+            pass
         else:
-            encoder = _make_encoder(default=default)
-            if len(_encoders_by_default) >= 16:  # callers making a new callable per call
-                _encoders_by_default.clear()
-            _encoders_by_default[id(default)] = (default, encoder)
-    else:
-        encoder = _make_encoder(**kwargs)
+            if encoded.isascii():
+                return encoded.decode("ascii")
+            # Rare (names, messages in other scripts): re-escaped to ASCII, same content.
+            return json.dumps(orjson.loads(encoded), separators=(",", ":"))
+    return _stdlib_dumps(value, **kwargs)
+
+
+def _stdlib_dumps(value: Any, **kwargs: Any) -> str:
+    encoder = _make_encoder(**kwargs)
     try:
         return encoder.encode(value)
     except (TypeError, ValueError, RecursionError, OverflowError):

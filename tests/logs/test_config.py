@@ -20,6 +20,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import structlog
 from hypothesis import HealthCheck, given, settings
@@ -534,9 +535,30 @@ def test_write_event_declines_what_it_cannot_reproduce(restore_logging: None) ->
     assert stream.getvalue() == ""
 
 
-def test_the_direct_route_skips_the_generic_encoder_on_this_python() -> None:
-    # CPython has the C encoder; without it the renderer is used (same output, slower).
-    assert asgi_logging._SANITIZED_ENCODER is not None
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ({"event": "café", "who": "Jürgen"}, {"event": "café", "who": "Jürgen"}),  # escaped
+        ({"big": 2**70}, {"big": 2**70}),  # beyond orjson's 64 bits: the stdlib's path
+        ({1: "int key", None: "none key"}, {"1": "int key", "null": "none key"}),
+        (
+            {"when": datetime.datetime(2024, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc)},
+            {"when": "2024-01-02T03:04:05+00:00"},
+        ),
+        ({"raw": b"\xffbytes"}, {"raw": "\\xffbytes"}),
+    ],
+)
+def test_json_dumps_is_orjson_with_an_ascii_and_lenient_fallback(
+    value: dict[Any, Any], expected: dict[str, Any]
+) -> None:
+    line = json_dumps(value)
+    assert line.isascii()  # any stream encoding can take it
+    assert json.loads(line) == expected
+
+
+def test_json_dumps_renders_the_access_log_line_with_orjson() -> None:
+    event = {"event": "request", "method": "GET", "status": 200, "duration_ms": 1.25}
+    assert json_dumps(event) == orjson.dumps(event).decode()
 
 
 def test_json_dumps_uses_each_callers_default() -> None:
