@@ -206,6 +206,11 @@ def _parse_key_values(
     return tuple(pairs)
 
 
+def _parse_regexes(name: str, value: str) -> tuple[str, ...]:
+    """Comma-separated regular expressions, as opentelemetry-util-http splits them."""
+    return _parse_excluded(name, value)
+
+
 def _parse_excluded(name: str, value: str) -> tuple[str, ...]:
     patterns = tuple(item.strip() for item in value.split(",") if item.strip())
     for pattern in patterns:
@@ -407,6 +412,9 @@ class Settings:
     metrics_labels: tuple[tuple[str, str], ...] = ()
     request_id_header: str = "X-Request-ID"
     access_log_exclude_paths: tuple[str, ...] = PROBE_PATHS
+    http_capture_headers_server_request: tuple[str, ...] = ()
+    http_capture_headers_server_response: tuple[str, ...] = ()
+    http_capture_headers_sanitize_fields: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.metrics_token is not None and len(self.metrics_token) < MIN_METRICS_TOKEN_LENGTH:
@@ -529,6 +537,7 @@ class Settings:
         metric_paths = get("METRICS_EXCLUDE_PATHS")
         metric_methods = get("METRICS_EXCLUDE_METHODS")
         access_paths = env.get("ACCESS_LOG_EXCLUDE_PATHS")  # set but empty: log everything
+        capture = "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_"
         enable = get("ENABLE_METRICS")
         port = get("METRICS_INTERNAL_PORT")
         allow = get("METRICS_ALLOW")
@@ -597,4 +606,13 @@ class Settings:
             access_log_exclude_paths=PROBE_PATHS
             if access_paths is None
             else _parse_paths("ACCESS_LOG_EXCLUDE_PATHS", access_paths),
+            http_capture_headers_server_request=_parse_regexes(
+                capture + "SERVER_REQUEST", get(capture + "SERVER_REQUEST") or ""
+            ),
+            http_capture_headers_server_response=_parse_regexes(
+                capture + "SERVER_RESPONSE", get(capture + "SERVER_RESPONSE") or ""
+            ),
+            http_capture_headers_sanitize_fields=_parse_regexes(
+                capture + "SANITIZE_FIELDS", get(capture + "SANITIZE_FIELDS") or ""
+            ),
         )

@@ -28,7 +28,7 @@ from asgi_observe.metrics.internal import InternalMetricsServer
 from asgi_observe.metrics.legacy import legacy_metrics_app
 from asgi_observe.request_id import RequestIdMiddleware
 from asgi_observe.routes import ROUTE_SCOPE_KEY, SUBROUTE_SCOPE_KEY
-from asgi_observe.settings import Settings
+from asgi_observe.settings import DEFAULT_EXCLUDED_URLS, Settings
 from asgi_observe.tracing import TracingMiddleware, setup_tracing
 from asgi_observe.tracing.setup import flush_tracing
 from asgi_observe.types import ASGIApp, Message, Receive, Scope, Send
@@ -291,11 +291,18 @@ def instrument(
             multiprocess=settings.prometheus_multiproc_dir is not None,
         )
     if not settings.sdk_disabled:  # OTEL_SDK_DISABLED: no spans, nothing else changes
+        # The built-in exclusions are exact paths (``/healthcare`` stays traced); patterns
+        # set through OTEL_PYTHON_*EXCLUDED_URLS keep opentelemetry-util-http's meaning.
+        default_exclusions = settings.excluded_urls == DEFAULT_EXCLUDED_URLS
         stack = TracingMiddleware(
             stack,
             tracer_provider=provider,
-            excluded_urls=settings.excluded_urls,
+            excluded_urls=None if default_exclusions else settings.excluded_urls,
+            excluded_paths=DEFAULT_EXCLUDED_URLS if default_exclusions else (),
             trusted_proxies=settings.trusted_proxies,
+            http_capture_headers_server_request=settings.http_capture_headers_server_request,
+            http_capture_headers_server_response=settings.http_capture_headers_server_response,
+            http_capture_headers_sanitize_fields=settings.http_capture_headers_sanitize_fields,
         )
     stack = RequestIdMiddleware(stack)
     stack = LifespanHooks(stack, startup=startup, shutdown=shutdown)

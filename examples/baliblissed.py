@@ -278,7 +278,12 @@ def build_api(
         await engine.dispose()
 
     api = FastAPI(
-        title="BaliBlissed", version=settings.service_version or "1.0.0", lifespan=lifespan
+        title="BaliBlissed",
+        version=settings.service_version or "1.0.0",
+        lifespan=lifespan,
+        # asgi_observe makes the server span and the HTTP metrics; FastAPI's own
+        # OpenTelemetry request spans and metrics would repeat them.
+        telemetry={"tracing": False, "metrics": False},
     )
     api.state.engine = engine
     api.state.breaker = breaker

@@ -323,3 +323,20 @@ def test_a_short_metrics_token_is_refused_without_echoing_it() -> None:
     with pytest.raises(ValueError, match="METRICS_TOKEN") as caught:
         Settings(metrics_token="sh0rt-t0k")
     assert "sh0rt-t0k" not in str(caught.value)
+
+
+def test_header_capture_variables_of_the_instrumentation_conventions() -> None:
+    settings = Settings.from_env(
+        {
+            "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST": "X-Tenant, x-api-.*",
+            "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE": "content-type",
+            "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS": "x-api-key,.*session.*",
+        }
+    )
+    assert settings.http_capture_headers_server_request == ("X-Tenant", "x-api-.*")
+    assert settings.http_capture_headers_server_response == ("content-type",)
+    assert settings.http_capture_headers_sanitize_fields == ("x-api-key", ".*session.*")
+    with pytest.raises(
+        ValueError, match="OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST"
+    ):
+        Settings.from_env({"OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST": "(x"})

@@ -63,12 +63,13 @@ _REDACTION_FAILED = "[REDACTION_FAILED]"
 _reported: set[str] = set()
 
 
-def report_once(key: str, message: str, *args: object) -> None:
-    """Log one of our own failures once per process, with its traceback."""
+def report_once(key: str, message: str, *args: object, exc_info: bool = True) -> None:
+    """Log one of our own failures (or misconfigurations) once per process; with the
+    traceback of the exception being handled, unless `exc_info` is false."""
     if key in _reported:
         return
     _reported.add(key)
-    logger.warning(message, *args, exc_info=True)
+    logger.warning(message, *args, exc_info=exc_info)
 
 
 def redact_text(value: str) -> str:

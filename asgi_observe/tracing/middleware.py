@@ -1,30 +1,44 @@
 """`TracingMiddleware`: one OpenTelemetry SERVER span per HTTP request, cheaply.
 
-The per-request work is kept to what the span needs: one pass over the headers picks
-out the propagation fields, ``host`` and ``user-agent``; W3C context is extracted only
-when a propagation header is present; attributes are built only for sampled (recording)
-spans; no child spans are made for ``http.request``/``http.response.*`` messages. The
-route template is resolved once the response has started and renames the span to
-``{METHOD} {template}``, so span names stay low-cardinality.
+The per-request work is kept to what the span needs: one pass over the headers notes
+whether a propagation field is present and picks out ``host`` and ``user-agent``;
+context is extracted (with opentelemetry-instrumentation-asgi's ``asgi_getter``, the
+ASGI carrier getter) only when a propagation header is present; attributes are built
+only for sampled (recording) spans; no child spans are made for
+``http.request``/``http.response.*`` messages. The route template is resolved once the
+response has started and renames the span to ``{METHOD} {template}``, so span names stay
+low-cardinality.
 
-opentelemetry-instrumentation-asgi's ``OpenTelemetryMiddleware`` is not wrapped (it costs
-several times more per request, see ``bench/bench_tracing.py``), and neither is its
-``asgi_getter``: that decodes every header for each of the three lookups the default
-propagators make, where the single scan here decodes only the propagation headers.
+opentelemetry-instrumentation-asgi's ``OpenTelemetryMiddleware`` itself is not wrapped
+(it costs several times more per request, see ``bench/bench_tracing.py``), but its
+conventions are followed through its public helpers and opentelemetry-util-http's:
+header capture (``OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_*``, with the
+sanitize list, then our own redaction), excluded-URL patterns (util-http's
+``ExcludeList``, searched in the full URL), and hooks with the contrib names and
+signatures (``server_request_hook``, ``client_request_hook``, ``client_response_hook``).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable
 from contextvars import Token
+from typing import Any, cast
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
-from opentelemetry.propagators.textmap import Getter, TextMapPropagator
+from opentelemetry.instrumentation.asgi import asgi_getter, collect_custom_headers_attributes
+from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.util import types
+from opentelemetry.util.http import (
+    ExcludeList,
+    SanitizeValue,
+    normalise_request_header_name,
+    normalise_response_header_name,
+)
 
+from asgi_observe._asgi import relative_path
 from asgi_observe.net import IPNetwork, client_ip, parse_networks
 from asgi_observe.routes import KNOWN_METHODS, RouteResolver, resolve_route, track_route
 from asgi_observe.tracing.api import (
@@ -38,7 +52,7 @@ from asgi_observe.tracing.api import (
 )
 from asgi_observe.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["REQUEST_ID_SCOPE_KEY", "TracingMiddleware"]
+__all__ = ["REQUEST_ID_SCOPE_KEY", "ClientHook", "ServerRequestHook", "TracingMiddleware"]
 
 REQUEST_ID_SCOPE_KEY = "asgi_observe.request_id"
 """Where `RequestIdMiddleware` leaves the request id; recorded as the ``request_id`` attribute."""
@@ -55,23 +69,16 @@ _PLAIN_ID = re.compile(
 _ERROR = StatusCode.ERROR
 
 
-_FASTAPI_TELEMETRY_KEY = "fastapi.telemetry"
+ServerRequestHook = Callable[[trace.Span, Scope], None]
+"""``server_request_hook(span, scope)``: called once the request span has started."""
+
+ClientHook = Callable[[trace.Span, Scope, Message], None]
+"""``client_request_hook(span, scope, message)`` for each message the app receives, and
+``client_response_hook(span, scope, message)`` for each message it sends."""
 
 
-class _ListGetter(Getter[Mapping[str, list[str]]]):
-    """Reads the small carrier the header scan built (lowercase names, all values)."""
-
-    def get(self, carrier: Mapping[str, list[str]], key: str) -> list[str] | None:
-        return carrier.get(key.lower())
-
-    def keys(self, carrier: Mapping[str, list[str]]) -> list[str]:
-        return list(carrier)
-
-
-_GETTER = _ListGetter()
-
-
-def _compile_excluded(excluded_urls: Iterable[str] | str | None) -> re.Pattern[str] | None:
+def _exclude_list(excluded_urls: Iterable[str] | str | None) -> ExcludeList | None:
+    """util-http's `ExcludeList` of the patterns, or None when there are none."""
     if excluded_urls is None:
         return None
     if isinstance(excluded_urls, str):
@@ -80,10 +87,44 @@ def _compile_excluded(excluded_urls: Iterable[str] | str | None) -> re.Pattern[s
     if not patterns:
         return None
     try:
-        return re.compile("|".join(f"(?:{pattern})" for pattern in patterns))
+        re.compile("|".join(patterns))
     except re.error as exc:
         msg = f"excluded_urls: {patterns!r} contains an invalid regular expression ({exc})"
         raise ValueError(msg) from None
+    return ExcludeList(patterns)
+
+
+def _checked_regexes(name: str, patterns: Iterable[str]) -> list[str]:
+    found = [pattern.strip() for pattern in patterns if pattern and pattern.strip()]
+    for pattern in found:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            msg = f"{name}: {pattern!r} is not a regular expression ({exc})"
+            raise ValueError(msg) from None
+    return found
+
+
+def _warn_on_a_second_server_span(ours: trace.Span) -> None:
+    """Report once when the app runs under another instrumentation's SERVER span.
+
+    FastAPI 0.142 and later trace requests natively: its span, parented on the request
+    headers alone, is current while the app sends, so each request would be recorded
+    twice, in two traces. FastAPI's public switch is its constructor's ``telemetry``
+    option; the library does not flip it behind the app's back.
+    """
+    current = trace.get_current_span()
+    if current is ours or getattr(current, "kind", None) is not _SERVER:
+        return
+    report_once(
+        "second-server-span",
+        "asgi_observe: another instrumentation opened its own SERVER span inside the "
+        "request span of TracingMiddleware, so each request is traced twice. For "
+        "FastAPI's native telemetry, build the app with "
+        "FastAPI(telemetry={'tracing': False, 'metrics': False}) (see docs/tracing.md); "
+        "otherwise remove the other ASGI instrumentation",
+        exc_info=False,
+    )
 
 
 def _port(text: str) -> int | None:
@@ -149,6 +190,24 @@ class TracingMiddleware:
             baggage by default), looked up per request.
         trusted_proxies: networks whose ``X-Forwarded-For`` is believed for
             ``client.address`` (the rule of `asgi_observe.net`).
+        excluded_paths: exact paths (below ``root_path``) that get no span; the
+            defaults of `instrument()` (``/metrics``, ``/health``, ...) are given here, so
+            ``/healthcare`` is still traced.
+        http_capture_headers_server_request: request header names (regular
+            expressions, case-insensitive) recorded as ``http.request.header.<name>``;
+            ``OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST``.
+        http_capture_headers_server_response: the same for response headers
+            (``http.response.header.<name>``).
+        http_capture_headers_sanitize_fields: header names (regular expressions) whose
+            captured values are ``[REDACTED]``; every other captured value still passes
+            `asgi_observe.pii.redact`.
+        server_request_hook: ``hook(span, scope)`` once the span has started (recording
+            spans only), e.g. to add attributes from the scope.
+        client_request_hook: ``hook(span, scope, message)`` for each ``receive`` message.
+        client_response_hook: ``hook(span, scope, message)`` for each ``send`` message.
+
+    A hook that raises is reported once on the ``asgi_observe`` logger and never
+    affects the request. The hooks and header capture run for recording spans only.
     """
 
     def __init__(
@@ -162,8 +221,30 @@ class TracingMiddleware:
         route_resolver: RouteResolver | None = None,
         propagator: TextMapPropagator | None = None,
         trusted_proxies: str | IPNetwork | Iterable[str | IPNetwork] | None = None,
+        excluded_paths: Iterable[str] = (),
+        http_capture_headers_server_request: Iterable[str] = (),
+        http_capture_headers_server_response: Iterable[str] = (),
+        http_capture_headers_sanitize_fields: Iterable[str] = (),
+        server_request_hook: ServerRequestHook | None = None,
+        client_request_hook: ClientHook | None = None,
+        client_response_hook: ClientHook | None = None,
     ) -> None:
         self.app = app
+        self._excluded_paths = frozenset(excluded_paths)
+        self._capture_request = _checked_regexes(
+            "http_capture_headers_server_request", http_capture_headers_server_request
+        )
+        self._capture_response = _checked_regexes(
+            "http_capture_headers_server_response", http_capture_headers_server_response
+        )
+        self._sanitize = SanitizeValue(
+            _checked_regexes(
+                "http_capture_headers_sanitize_fields", http_capture_headers_sanitize_fields
+            )
+        )
+        self._server_request_hook = server_request_hook
+        self._client_request_hook = client_request_hook
+        self._client_response_hook = client_response_hook
         self._trusted_proxies = parse_networks(
             trusted_proxies, name="trusted_proxies (TRUSTED_PROXIES)"
         )
@@ -176,8 +257,7 @@ class TracingMiddleware:
         # `tracer` already falls back to the global provider; an injected one is made
         # visible to it through the request's context.
         self._publish_tracer = tracer_provider is not None
-        self._excluded = _compile_excluded(excluded_urls)
-        self._excluded_by_url = self._excluded is not None and "://" in self._excluded.pattern
+        self._excluded = _exclude_list(excluded_urls)
         self._request_id_key = request_id_scope_key
         self._traceresponse = traceresponse
         self._resolver = route_resolver
@@ -196,17 +276,20 @@ class TracingMiddleware:
         return fields
 
     def _is_excluded(self, scope: Scope) -> bool:
+        if self._excluded_paths and relative_path(scope) in self._excluded_paths:
+            return True
         excluded = self._excluded
         if excluded is None:
             return False
-        path: str = scope.get("path", "")
-        if excluded.search(path) is not None:
-            return True
-        if self._excluded_by_url:
-            host = next((v for k, v in scope.get("headers", ()) if k == b"host"), b"")
-            url = f"{scope.get('scheme', 'http')}://{host.decode('latin-1')}{path}"
-            return excluded.search(url) is not None
-        return False
+        # util-http's semantics (as the contrib ASGI middleware): patterns are searched
+        # in the full URL, scheme://host/path.
+        host = next((v for k, v in scope.get("headers") or () if k == b"host"), b"")
+        if not host and scope.get("server"):
+            server = scope["server"]
+            host = f"{server[0]}:{server[1]}".encode("latin-1")
+        path = scope.get("root_path", "") + relative_path(scope)
+        url = f"{scope.get('scheme', 'http')}://{host.decode('latin-1')}{path}"
+        return excluded.url_disabled(url)
 
     def _start(
         self, scope: Scope
@@ -216,18 +299,22 @@ class TracingMiddleware:
         cached, fields = self._fields
         if cached is not propagator:
             fields = self._propagation_fields(propagator)
-        carrier: dict[str, list[str]] | None = None
+        propagated = False
         host = agent = None
         for key, value in scope.get("headers") or ():
             if key in fields:
-                if carrier is None:
-                    carrier = {}
-                carrier.setdefault(key.decode("latin-1"), []).append(value.decode("latin-1"))
+                propagated = True
             elif key == b"host":
                 host = value
             elif key == b"user-agent":
                 agent = value
-        parent = propagator.extract(carrier, getter=_GETTER) if carrier else None
+        # The scope is the carrier, read by the contrib's ASGI getter; skipped (the most
+        # common case) when no propagation header came.
+        parent = (
+            propagator.extract(cast("dict[str, Any]", scope), getter=asgi_getter)
+            if propagated
+            else None
+        )
         method = scope.get("method", "GET")
         name = method if method in KNOWN_METHODS else "HTTP"
         span = self._tracer.start_span(name, parent, _SERVER)
@@ -241,11 +328,7 @@ class TracingMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        # FastAPI's native telemetry would start a second SERVER span, parented only on
-        # the incoming headers (a separate trace); its own flag for "this request is
-        # observed elsewhere" is the presence of this scope key.
-        scope.setdefault(_FASTAPI_TELEMETRY_KEY, None)
-        if self._excluded is not None and self._is_excluded(scope):
+        if (self._excluded is not None or self._excluded_paths) and self._is_excluded(scope):
             await self.app(scope, receive, send)
             return
         track_route(scope)  # before the app runs: see `track_route`
@@ -266,6 +349,20 @@ class TracingMiddleware:
                 otel_context.detach(token)
             return
 
+        await self._run_recorded(scope, receive, send, span, token, name, host, agent)
+
+    async def _run_recorded(  # noqa: PLR0917 - the pieces _start returned
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        span: trace.Span,
+        token: Token[otel_context.Context],
+        name: str,
+        host: bytes | None,
+        agent: bytes | None,
+    ) -> None:
+        """The app under a sampled span: attributes, hooks, status, exception, end."""
         # Built now (the app may rewrite the scope) but set once, with the response's, at
         # the end: one validation pass in the SDK instead of two.
         try:
@@ -273,20 +370,31 @@ class TracingMiddleware:
         except Exception:
             report_once("attributes", "asgi_observe: building span attributes failed")
             attributes = {}
+        if self._server_request_hook is not None:
+            self._call_hook("server_request_hook", self._server_request_hook, span, scope)
         status = 0
         trace_header = self._traceresponse_value(span) if self._traceresponse else None
+        capture_response = self._capture_response
+        response_hook = self._client_response_hook
 
         async def send_recording_status(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message.get("status", 0)
+                _warn_on_a_second_server_span(span)
                 if trace_header is not None:
                     message["headers"] = [*message.get("headers", ()), trace_header]
+                if capture_response:
+                    attributes.update(
+                        self._captured(message, capture_response, normalise_response_header_name)
+                    )
+            if response_hook is not None:
+                self._call_hook("client_response_hook", response_hook, span, scope, message)
             await send(message)
 
         error: Exception | None = None
         try:
-            await self.app(scope, receive, send_recording_status)
+            await self.app(scope, self._receive_for(span, scope, receive), send_recording_status)
         except Exception as exc:
             error = exc
             raise
@@ -300,6 +408,41 @@ class TracingMiddleware:
             finally:
                 span.end()
                 otel_context.detach(token)
+
+    def _receive_for(self, span: trace.Span, scope: Scope, receive: Receive) -> Receive:
+        hook = self._client_request_hook
+        if hook is None:
+            return receive
+
+        async def receive_calling_hook() -> Message:
+            message = await receive()
+            self._call_hook("client_request_hook", hook, span, scope, message)
+            return message
+
+        return receive_calling_hook
+
+    @staticmethod
+    def _call_hook(name: str, hook: Callable[..., None], *args: object) -> None:
+        """Run a user hook; its failure is reported once and never reaches the request."""
+        try:
+            hook(*args)
+        except Exception:
+            report_once(name, f"asgi_observe: the tracing {name} raised; the request goes on")
+
+    def _captured(
+        self,
+        scope_or_message: Scope | Message,
+        patterns: list[str],
+        normalize: Callable[[str], str],
+    ) -> dict[str, types.AttributeValue]:
+        """``http.{request,response}.header.<name>`` attributes, sanitized by name with
+        the contrib's rules, then each value redacted like every other string."""
+        captured = collect_custom_headers_attributes(
+            dict(scope_or_message), self._sanitize, patterns, normalize
+        )
+        return {
+            key: [self._redacted(value) for value in values] for key, values in captured.items()
+        }
 
     def _redacted(self, raw: bytes | str) -> str:
         """`raw` decoded and redacted, memoised: redaction costs 1-20 µs a string, and
@@ -368,6 +511,10 @@ class TracingMiddleware:
             attributes["client.address"] = self._redacted(client)
         if agent:
             attributes["user_agent.original"] = self._redacted(agent)
+        if self._capture_request:
+            attributes.update(
+                self._captured(scope, self._capture_request, normalise_request_header_name)
+            )
         request_id = scope.get(self._request_id_key)
         if request_id:
             request_id = str(request_id)

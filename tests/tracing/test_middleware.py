@@ -370,8 +370,11 @@ async def test_request_id_scope_key_is_configurable(
         (("/metrics", "/health"), "/items/1", True),
         ("/metrics,/health", "/health", False),  # the environment variable's form
         (("client/.*/info",), "/client/7/info", False),
-        (("^/items/9$",), "/items/9", False),
-        (("^/items/9$",), "/items/90", True),
+        # opentelemetry-util-http's semantics: searched in the full URL.
+        (("/items/9$",), "/items/9", False),
+        (("/items/9$",), "/items/90", True),
+        (("^/items/9$",), "/items/9", True),  # the URL starts with the scheme
+        (("/health",), "/healthcare/x", False),  # a user's pattern is a search
         ((r"https?://testserver/items/5",), "/items/5", False),  # full-URL pattern
         (None, "/health", True),
         ((), "/health", True),
@@ -389,6 +392,120 @@ async def test_excluded_urls_get_no_span(
         response = await http.get(path)
     assert response.status_code in (200, 404)
     assert bool(server_spans(exporter)) is traced
+
+
+@pytest.mark.parametrize(
+    ("path", "root_path", "traced"),
+    [
+        ("/health", "", False),
+        ("/health/live", "", False),
+        ("/healthcare", "", True),  # exact paths: a prefix does not exclude
+        ("/reports/metrics/today", "", True),
+        ("/metrics/extra", "", True),
+        ("/api/health", "/api", False),  # below root_path, uvicorn's convention
+    ],
+)
+async def test_excluded_paths_are_exact_and_below_root_path(
+    provider: TracerProvider,
+    exporter: InMemorySpanExporter,
+    path: str,
+    root_path: str,
+    traced: bool,
+) -> None:
+    async def ok(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    app = TracingMiddleware(
+        ok,
+        tracer_provider=provider,
+        excluded_paths=("/metrics", "/health", "/health/live"),
+    )
+    transport = httpx.ASGITransport(app=app, root_path=root_path)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+        assert (await http.get(path)).status_code == 200
+    assert bool(server_spans(exporter)) is traced
+
+
+async def test_headers_are_captured_sanitized_and_redacted(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    app = TracingMiddleware(
+        starlette_app(),
+        tracer_provider=provider,
+        http_capture_headers_server_request=["x-tenant", "x-contact", "x-api-.*"],
+        http_capture_headers_server_response=["content-type", "x-missing"],
+        http_capture_headers_sanitize_fields=["x-api-key"],
+    )
+    async with client(app) as http:
+        await http.get(
+            "/items/1",
+            headers={
+                "X-Tenant": "acme",
+                "X-Contact": "alice@example.com",
+                "X-Api-Key": "k-123",
+                "X-Api-Version": "2",
+                "X-Other": "not captured",
+            },
+        )
+    attributes = dict(only_server_span(exporter).attributes or {})
+    assert attributes["http.request.header.x_tenant"] == ("acme",)
+    assert attributes["http.request.header.x_contact"] == ("[REDACTED_EMAIL]",)
+    assert attributes["http.request.header.x_api_key"] == ("[REDACTED]",)
+    assert attributes["http.request.header.x_api_version"] == ("2",)
+    assert "http.request.header.x_other" not in attributes
+    assert attributes["http.response.header.content_type"] == ("text/plain; charset=utf-8",)
+    assert not any(key.startswith("http.response.header.x_missing") for key in attributes)
+
+
+async def test_hooks_see_span_scope_and_messages_and_cannot_break_requests(
+    provider: TracerProvider,
+    exporter: InMemorySpanExporter,
+    caplog: pytest.LogCaptureFixture,
+    fresh_reports: None,
+) -> None:
+    seen: list[str] = []
+
+    def server_request_hook(span: trace.Span, scope: Scope) -> None:
+        span.set_attribute("tenant", "acme")
+        seen.append(f"server:{scope['path']}")
+
+    def client_request_hook(span: trace.Span, scope: Scope, message: Message) -> None:
+        seen.append(f"receive:{message['type']}")
+
+    def client_response_hook(span: trace.Span, scope: Scope, message: Message) -> None:
+        seen.append(f"send:{message['type']}")
+        raise RuntimeError("a broken hook")
+
+    async def echo(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    app = TracingMiddleware(
+        echo,
+        tracer_provider=provider,
+        server_request_hook=server_request_hook,
+        client_request_hook=client_request_hook,
+        client_response_hook=client_response_hook,
+    )
+    async with client(app) as http:
+        response = await http.post("/x", content=b"body")
+    assert response.status_code == 200
+    assert response.text == "ok"
+    assert seen == [
+        "server:/x",
+        "receive:http.request",
+        "send:http.response.start",
+        "send:http.response.body",
+    ]
+    assert dict(only_server_span(exporter).attributes or {})["tenant"] == "acme"
+    assert "client_response_hook raised" in caplog.text
+
+
+def test_invalid_capture_pattern_is_refused_at_construction() -> None:
+    with pytest.raises(ValueError, match="http_capture_headers_server_request"):
+        TracingMiddleware(starlette_app(), http_capture_headers_server_request=["(x"])
 
 
 def test_invalid_excluded_pattern_is_refused_at_construction() -> None:
@@ -555,13 +672,40 @@ async def test_global_provider_used_lazily_when_none_given() -> None:
     assert response.status_code == 200
 
 
-async def test_fastapi_native_telemetry_leaves_the_request_to_us(
-    provider: TracerProvider, exporter: InMemorySpanExporter
+async def test_fastapi_native_tracing_is_reported_with_its_public_switch(
+    provider: TracerProvider,
+    exporter: InMemorySpanExporter,
+    caplog: pytest.LogCaptureFixture,
+    fresh_reports: None,
 ) -> None:
-    """FastAPI >= 0.16x traces on its own; under the middleware there is one trace only."""
+    """FastAPI >= 0.142 traces natively: the duplicate is named, with the fix."""
     from fastapi import FastAPI
 
     api = FastAPI(telemetry={"tracer_provider": provider})
+
+    @api.get("/tours/{tour_id}")
+    async def tour(tour_id: int) -> dict[str, int]:
+        return {"tour_id": tour_id}
+
+    async with client(TracingMiddleware(api, tracer_provider=provider)) as http:
+        for _ in range(3):
+            assert (await http.get("/tours/4")).status_code == 200
+    servers = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.SERVER]
+    assert len(servers) == 6  # ours and FastAPI's for each request
+    warnings = [r for r in caplog.records if "its own SERVER span" in r.getMessage()]
+    assert len(warnings) == 1  # once per process, not per request
+    assert "telemetry={'tracing': False" in warnings[0].getMessage()
+
+
+async def test_fastapi_with_native_tracing_off_has_one_trace(
+    provider: TracerProvider,
+    exporter: InMemorySpanExporter,
+    caplog: pytest.LogCaptureFixture,
+    fresh_reports: None,
+) -> None:
+    from fastapi import FastAPI
+
+    api = FastAPI(telemetry={"tracer_provider": provider, "tracing": False, "metrics": False})
     seen: list[str] = []
 
     @api.get("/tours/{tour_id}")
@@ -574,7 +718,14 @@ async def test_fastapi_native_telemetry_leaves_the_request_to_us(
     span = only_server_span(exporter)
     assert span.name == "GET /tours/{tour_id}"
     assert seen == [format(span.context.trace_id, "032x")]
-    assert {format(s.context.trace_id, "032x") for s in exporter.get_finished_spans()} == set(seen)
+    assert not [r for r in caplog.records if "its own SERVER span" in r.getMessage()]
+
+
+@pytest.fixture
+def fresh_reports(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Start the once-per-process warnings afresh for this test."""
+    monkeypatch.setattr(tracing_api, "_reported", set())
+    caplog.set_level("WARNING", logger="asgi_observe")
 
 
 # --- untrusted Host header ------------------------------------------------------------

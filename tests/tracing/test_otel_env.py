@@ -47,6 +47,10 @@ OTEL_VARIABLES = (
     "OTEL_RESOURCE_ATTRIBUTES",
     "OTEL_SERVICE_NAME",
     "OTEL_SDK_DISABLED",
+    "OTEL_PYTHON_EXCLUDED_URLS",
+    "OTEL_PYTHON_ASGI_EXCLUDED_URLS",
+    "OTEL_PYTHON_FASTAPI_EXCLUDED_URLS",
+    "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST",
 )
 
 
@@ -332,3 +336,34 @@ async def test_sdk_disabled_means_no_spans_and_nothing_else_changes(
         assert provider.force_flush(5_000)
         shutdown_tracing(provider)
         assert receiver.snapshot() == []
+
+
+async def test_instrument_traces_healthcare_but_not_the_probes(env: pytest.MonkeyPatch) -> None:
+    """Built-in exclusions are exact paths; a pattern set by the variable is a search."""
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    async def page(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    routes = [Route(path, page) for path in ("/health", "/healthcare/{x}", "/reports/metrics/x")]
+
+    async def traced_paths(settings: Settings) -> set[str]:
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider(shutdown_on_exit=False)
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        app = instrument(
+            Starlette(routes=routes),
+            settings,
+            registry=CollectorRegistry(),
+            tracer_provider=provider,
+        )
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            for path in ("/health", "/healthcare/1", "/reports/metrics/x", "/metrics"):
+                await client.get(path)
+        return {str((span.attributes or {})["url.path"]) for span in exporter.get_finished_spans()}
+
+    assert await traced_paths(Settings.from_env()) == {"/healthcare/1", "/reports/metrics/x"}
+    env.setenv("OTEL_PYTHON_EXCLUDED_URLS", "/health,/metrics")
+    assert await traced_paths(Settings.from_env()) == set()
