@@ -31,9 +31,16 @@ def fake_cgroup(
 
 
 def collector(
-    root: Path, proc: Path, *, clock: Callable[[], float] = time.monotonic, **kwargs: str
+    root: Path,
+    proc: Path,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    namespace: str = "",
+    disk_path: str = "/",
 ) -> SystemCollector:
-    return SystemCollector(cgroup_root=root, proc_cgroup=proc, clock=clock, **kwargs)
+    return SystemCollector(
+        cgroup_root=root, proc_cgroup=proc, clock=clock, namespace=namespace, disk_path=disk_path
+    )
 
 
 def samples(source: SystemCollector) -> dict[str, float]:
