@@ -27,7 +27,7 @@ from asgi_observe.metrics.http import MetricsMiddleware
 from asgi_observe.metrics.internal import InternalMetricsServer
 from asgi_observe.metrics.legacy import legacy_metrics_app
 from asgi_observe.request_id import RequestIdMiddleware
-from asgi_observe.routes import ROUTE_SCOPE_KEY, SUBROUTE_SCOPE_KEY
+from asgi_observe.routes import ROUTE_SCOPE_KEY, SUBROUTE_SCOPE_KEY, RouteResolver
 from asgi_observe.settings import DEFAULT_EXCLUDED_URLS, Settings
 from asgi_observe.tracing import TracingMiddleware, setup_tracing
 from asgi_observe.tracing.setup import flush_tracing
@@ -186,7 +186,9 @@ def _metrics_routes(settings: Settings, registry: CollectorRegistry) -> dict[str
     }
     return {
         METRICS_PATH: metrics_app(registry, **options),
-        LEGACY_METRICS_PATH: legacy_metrics_app(registry, **options),
+        LEGACY_METRICS_PATH: legacy_metrics_app(
+            registry, namespace=settings.metrics_namespace, **options
+        ),
     }
 
 
@@ -221,6 +223,7 @@ def instrument(
     health: ASGIApp | None = None,
     registry: CollectorRegistry | None = None,
     tracer_provider: TracerProvider | Any = None,
+    route_resolver: RouteResolver | None = None,
 ) -> ObservedApp:
     """Wrap `app` in the full observability stack.
 
@@ -231,6 +234,13 @@ def instrument(
         registry: the Prometheus registry (default: prometheus-client's global one).
         tracer_provider: a provider to use instead of calling `setup_tracing(settings)`;
             the stack then leaves its flushing and shutdown to you.
+        route_resolver: ``resolver(scope) -> template | None``, tried before the built-in
+            route resolution by the metrics, the span name and the access log alike (for
+            routers the library does not know; Django and Quart have integrations).
+
+    Every other option is a `Settings` field with its variable: metric namespace,
+    buckets, excluded paths and methods, constant labels, the request-id header, the
+    access-log exclusions, header capture for spans.
 
     Logging is configured separately, by `configure_logging(settings)`, because it is
     process-wide and usually set up before the app is built.
@@ -283,11 +293,20 @@ def instrument(
         shutdown.append(health.aclose)
 
     stack: ASGIApp = PathDispatch(app, endpoints=endpoints, health=health)
-    stack = AccessLogMiddleware(stack, trusted_proxies=settings.trusted_proxies)
+    stack = AccessLogMiddleware(
+        stack,
+        trusted_proxies=settings.trusted_proxies,
+        route_resolver=route_resolver,
+        exclude_paths=settings.access_log_exclude_paths,
+    )
     if settings.enable_metrics:
         stack = MetricsMiddleware(
             stack,
             registry=registry,
+            namespace=settings.metrics_namespace,
+            buckets=settings.metrics_buckets,
+            exclude_paths=settings.metrics_exclude_paths,
+            route_resolver=route_resolver,
             multiprocess=settings.prometheus_multiproc_dir is not None,
         )
     if not settings.sdk_disabled:  # OTEL_SDK_DISABLED: no spans, nothing else changes
@@ -300,11 +319,12 @@ def instrument(
             excluded_urls=None if default_exclusions else settings.excluded_urls,
             excluded_paths=DEFAULT_EXCLUDED_URLS if default_exclusions else (),
             trusted_proxies=settings.trusted_proxies,
+            route_resolver=route_resolver,
             http_capture_headers_server_request=settings.http_capture_headers_server_request,
             http_capture_headers_server_response=settings.http_capture_headers_server_response,
             http_capture_headers_sanitize_fields=settings.http_capture_headers_sanitize_fields,
         )
-    stack = RequestIdMiddleware(stack)
+    stack = RequestIdMiddleware(stack, header_name=settings.request_id_header)
     stack = LifespanHooks(stack, startup=startup, shutdown=shutdown)
     return ObservedApp(
         stack, app=app, settings=settings, registry=registry, tracer_provider=provider

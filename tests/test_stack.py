@@ -431,3 +431,51 @@ def test_no_open_metrics_warning_when_guarded_or_not_production(
     with caplog.at_level(logging.INFO, logger="asgi_observe"):
         instrument(starlette_app(), Settings.from_env(environ), registry=registry)
     assert _open_metrics_warnings(caplog) == []
+
+
+async def test_every_option_reaches_the_one_call_path(registry: CollectorRegistry) -> None:
+    """Settings fields and instrument()'s keyword arguments reach the pieces they concern."""
+    from structlog.testing import capture_logs
+
+    async def raw_router(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    def resolver(scope: Scope) -> str | None:
+        parts = scope["path"].split("/")
+        return "/orders/{order_id}" if len(parts) == 3 and parts[1] == "orders" else None
+
+    settings = Settings(
+        metrics_namespace="shop",
+        metrics_buckets=(0.5, 5.0),
+        metrics_exclude_paths=("/internal/ping",),
+        request_id_header="X-Correlation-ID",
+        access_log_exclude_paths=("/quiet",),
+    )
+    app = instrument(raw_router, settings, registry=registry, route_resolver=resolver)
+    with capture_logs() as logs:
+        async with client(app) as http:
+            response = await http.get("/orders/17", headers={"X-Correlation-ID": "corr-1"})
+            await http.get("/internal/ping")
+            await http.get("/quiet")
+            scrape = await http.get("/metrics")
+            legacy = await http.get("/metrics/legacy")
+    assert response.headers["x-correlation-id"] == "corr-1"
+    assert "x-request-id" not in response.headers
+    text = scrape.text
+    assert (
+        'shop_http_requests_total{handler="/orders/{order_id}",method="GET",status="200"} 1.0'
+        in text
+    )
+    assert 'shop_http_request_duration_seconds_bucket{handler="/orders/{order_id}",le="0.5"' in text
+    assert 'le="0.25"' not in text  # the default buckets are gone
+    assert "/internal/ping" not in text  # excluded from the metrics...
+    logged = [entry["path"] for entry in logs if entry.get("event") == "request"]
+    # /internal/ping is excluded from the metrics only, /quiet from the log only; the
+    # exclusions given replace the default ones, so the scrapes are logged.
+    assert logged == ["/orders/17", "/internal/ping", "/metrics", "/metrics/legacy"]
+    first = next(entry for entry in logs if entry.get("path") == "/orders/17")
+    assert first["route"] == "/orders/{order_id}"
+    assert first["request_id"] == "corr-1"
+    # The namespace reaches the legacy JSON too: /orders/17, /quiet and /metrics so far.
+    assert legacy.json()["api_metrics"]["requests"] == 3
