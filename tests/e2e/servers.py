@@ -1,5 +1,7 @@
-"""Apps and helpers for tests that run real servers (uvicorn, gunicorn, hypercorn) as
-subprocesses: what a deployment does, workers, ``--root-path`` and exit codes included.
+"""Apps and helpers for tests that run real servers (uvicorn, gunicorn, hypercorn, granian,
+daphne) as subprocesses: what a deployment does, workers, ``--root-path`` and exit codes
+included. Each server runs in its own session (process group), so its workers can be
+stopped together even when the master was killed.
 
 The factories are server entry points (``uvicorn --factory tests.e2e.servers:observed_app``,
 ``gunicorn 'tests.e2e.servers:observed_app()'``); each call builds a fresh app and reads
@@ -11,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -81,6 +84,22 @@ class ServerProcess:
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def stop(self, sig: signal.Signals = signal.SIGTERM, *, timeout: float = 30) -> int:
+        """Send `sig` to the server (the master, for servers with workers) as a process
+        manager would, wait for it to exit, and return its exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the server did not exit within {timeout}s of {sig.name}: {self.output()}")
+
+
+def kill_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL what is left of `process`'s process group (workers a dead master left)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+
 
 def server_env(**extra: str) -> dict[str, str]:
     """The test's environment without this library's variables, plus `extra`."""
@@ -105,6 +124,7 @@ def serve(
             env=env,
             stdout=output,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: see kill_group
         )
     server = ServerProcess(process, log, f"http://127.0.0.1:{port}")
     try:
@@ -120,12 +140,14 @@ def serve(
         wait_until(answering, timeout=60, what=f"{argv[0]} to answer {ready}", interval=0.1)
         yield server
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+        kill_group(process)
 
 
 def run_to_exit(argv: Sequence[str], *, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -158,6 +180,7 @@ __all__ = [
     "REPO",
     "ServerProcess",
     "free_port",
+    "kill_group",
     "observed_app",
     "observed_raising_startup_app",
     "raising_startup_app",
