@@ -197,6 +197,20 @@ def _logger_factory(*args: Any) -> StreamLogger:
     return found
 
 
+def _is_console(handler: logging.Handler) -> bool:
+    """A plain console handler on the root, as ``logging.basicConfig()`` installs one.
+
+    Servers that call ``basicConfig`` before importing the app (daphne does) would
+    otherwise print every record a second time, in their own plain format, beside the
+    root handler's lines. Subclasses (pytest's capture handlers, file handlers) and
+    handlers writing anywhere else are left alone.
+    """
+    if type(handler) is not logging.StreamHandler:
+        return False
+    stream = handler.stream
+    return stream is not None and stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)
+
+
 class _RootHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """The root handler installed by configure_logging; recognised on reconfiguration."""
 
@@ -255,7 +269,9 @@ def configure_logging(
     keys ``event``, ``level``, ``timestamp`` (ISO-8601 UTC, ``Z``), ``logger``,
     ``request_id``, ``trace_id``/``span_id`` when a span is active, and bound keys; any
     other environment writes coloured console lines. ``settings.log_level`` filters both
-    structlog events and stdlib records. The root logger gets one handler; server
+    structlog events and stdlib records. The root logger gets one handler, replacing a
+    plain console handler already there (``logging.basicConfig``'s, which daphne
+    installs before it imports the app); server
     loggers (uvicorn, gunicorn, hypercorn) lose theirs and propagate to it, so their
     lines are formatted and redacted the same way; the queries of request targets and
     URLs in stdlib messages (uvicorn's ``"GET /cb?code=... HTTP/1.1"``) are redacted as
@@ -312,7 +328,7 @@ def configure_logging(
         )
     )
     root = logging.getLogger()
-    for old in [h for h in root.handlers if isinstance(h, _RootHandler)]:
+    for old in [h for h in root.handlers if isinstance(h, _RootHandler) or _is_console(h)]:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)

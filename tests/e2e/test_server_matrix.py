@@ -66,6 +66,9 @@ class ServerCase:
     # it caught once shutdown is complete, so its process ends *by* SIGTERM (-15), as a
     # process manager expects of a program that honours the signal.
     exit_code: int = 0
+    # A line the server logs through the stdlib in the app's process, after the app was
+    # loaded: in production it must come out once, as JSON, like the app's own lines.
+    server_line: str | None = None
     notes: str = ""
 
 
@@ -92,6 +95,10 @@ def _hypercorn(port: int, root: str) -> list[str]:
         "hypercorn",
         "--bind",
         f"127.0.0.1:{port}",
+        # Its error logger's own stderr handler would print each line a second time,
+        # outside our JSON; its records still propagate to the root handler.
+        "--error-logfile",
+        "/dev/null",
         *(["--root-path", root] if root else []),
         "examples.baliblissed:create_app()",
     ]
@@ -150,6 +157,7 @@ CASES = [
         _uvicorn("h11"),
         proxy_strips_prefix=True,
         exit_code=-signal.SIGTERM,
+        server_line="Application startup complete.",
     ),
     ServerCase(
         "uvicorn-httptools",
@@ -157,14 +165,25 @@ CASES = [
         _uvicorn("httptools"),
         proxy_strips_prefix=True,
         exit_code=-signal.SIGTERM,
+        server_line="Application startup complete.",
     ),
-    ServerCase("hypercorn", "hypercorn", _hypercorn),
+    ServerCase(
+        "hypercorn",
+        "hypercorn",
+        _hypercorn,
+        server_line="Running on http://127.0.0.1",
+        notes="hypercorn gives its error logger a stderr handler of its own once the app is "
+        "loaded, so its lines came out twice; --error-logfile /dev/null leaves the JSON copy",
+    ),
+    # The granian worker that loads the app logs nothing of its own at info level; the
+    # "[INFO] ..." lines come from its main process, which never imports the app.
     ServerCase("granian", "granian", _granian),
     ServerCase(
         "daphne",
         "daphne",
         _daphne,
         runs_lifespan=False,
+        server_line="Listening on TCP address",
         notes="daphne speaks no lifespan protocol: the example's start-up (its table and "
         "seed rows) must run beforehand, and spans are flushed at interpreter exit",
     ),
@@ -175,6 +194,7 @@ CASES = [
         root_path_env=lambda root: {"E2E_ROOT_PATH": root},
         proxy_strips_prefix=True,
         workers=2,
+        server_line="Application startup complete.",
         notes="gunicorn's --root-path reaches only its own ASGI worker; uvicorn workers "
         "take uvicorn's root_path from a UvicornWorker subclass (CONFIG_KWARGS)",
     ),
@@ -347,6 +367,23 @@ def serve_from_every_worker(run: Run) -> int:
     pytest.fail(f"only some of {run.case.workers} workers answered {sent} requests")
 
 
+OPEN_METRICS_WARNING = "/metrics is open to anyone"
+
+
+def check_json_only(run: Run) -> None:
+    """Records logged in the app's process come out once each, as JSON only: our own
+    start-up warning (once per worker) and the server's `server_line`."""
+    output = run.server.output().splitlines()
+    warnings = [line for line in output if OPEN_METRICS_WARNING in line]
+    assert len(warnings) == run.case.workers, warnings
+    assert all(json.loads(line)["level"] == "warning" for line in warnings), warnings
+    marker = run.case.server_line
+    if marker is not None:
+        found = [line for line in output if marker in line]
+        assert found, f"{marker!r} not in {run.server.output()[-2000:]}"
+        assert all(line.startswith("{") for line in found), found
+
+
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
 def test_example_under_server(case: ServerCase, tmp_path: Path) -> None:
     with http_receiver() as receiver, run_server(case, tmp_path, receiver=receiver) as run:
@@ -375,6 +412,8 @@ def test_example_under_server(case: ServerCase, tmp_path: Path) -> None:
             assert line["status"] == 200, line
             assert line["path"] == "/destinations/ubud", line
             assert HEX32.fullmatch(line["trace_id"]), line
+
+        check_json_only(run)
 
         # The batch delay holds every span back: what arrives next is the shutdown's flush.
         assert receiver.snapshot() == []

@@ -315,6 +315,27 @@ def test_server_loggers_are_rerouted_to_the_root_handler(restore_logging: None) 
     assert entry["event"] == '1.2.3.4:1 - "GET /u/[REDACTED_EMAIL] HTTP/1.1" 200'
 
 
+def test_a_basic_config_console_handler_is_replaced(restore_logging: None) -> None:
+    """daphne calls ``logging.basicConfig`` before importing the app: without this, every
+    record came out twice, once in daphne's plain format beside the JSON line."""
+
+    class Capturing(logging.StreamHandler):  # type: ignore[type-arg]
+        """A subclass (as pytest's capture handlers are): not a server's console handler."""
+
+    root = logging.getLogger()
+    console = logging.StreamHandler()  # what basicConfig installs: sys.stderr
+    captured, elsewhere = Capturing(sys.stderr), logging.StreamHandler(io.StringIO())
+    for handler in (console, captured, elsewhere):
+        root.addHandler(handler)
+    stream = io.StringIO()
+    configure_logging(Settings(environment="production"), stream=stream)
+    assert console not in root.handlers
+    assert captured in root.handlers
+    assert elsewhere in root.handlers
+    logging.getLogger("daphne.server").warning("Listening")
+    assert [e["event"] for e in lines(stream)] == ["Listening"]
+
+
 def test_development_renders_console_lines(restore_logging: None) -> None:
     stream = io.StringIO()
     configure_logging(Settings(environment="development"), stream=stream)
