@@ -22,6 +22,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 
 from asgi_observe._asgi import relative_path
 from asgi_observe.metrics._families import http_metrics_for
+from asgi_observe.metrics.websocket import WebSocketRecorder, websocket_metrics_for
 from asgi_observe.routes import (
     RouteResolver,
     normalize_method,
@@ -101,10 +102,24 @@ class MetricsMiddleware:
         self._resolver = route_resolver
         # One cap per family set: every middleware on a registry shares the bound.
         self._handlers = self._metrics.handlers
+        self._websocket = WebSocketRecorder(
+            websocket_metrics_for(
+                REGISTRY if registry is None else registry,
+                namespace,
+                self._handlers,  # HTTP and websocket routes share one bound
+                multiprocess=multiprocess,
+            ),
+            route_resolver,
+        )
         self._children: dict[tuple[str, int, str], _Children] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or (self._exclude and relative_path(scope) in self._exclude):
+            if scope["type"] == "websocket" and not (
+                self._exclude and relative_path(scope) in self._exclude
+            ):
+                await self._websocket(self.app, scope, receive, send)
+                return
             await self.app(scope, receive, send)
             return
 

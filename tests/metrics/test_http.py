@@ -268,19 +268,16 @@ async def test_in_progress_returns_to_zero_on_client_disconnect(
     assert value(registry, REQUESTS, method="GET", status="500", handler=UNMATCHED_LABEL) == 1
 
 
-async def test_websocket_and_lifespan_pass_through_untouched(registry: CollectorRegistry) -> None:
+async def test_lifespan_passes_through_untouched(registry: CollectorRegistry) -> None:
+    """Websocket connections are measured: see tests/metrics/test_websocket.py."""
     seen: list[tuple[str, object, object]] = []
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         seen.append((scope["type"], receive, send))
 
     middleware = MetricsMiddleware(app, registry=registry)
-    for kind in ("lifespan", "websocket"):
-        await middleware({"type": kind, "path": "/ws"}, _receive_nothing, _discard)
-    assert seen == [
-        ("lifespan", _receive_nothing, _discard),
-        ("websocket", _receive_nothing, _discard),
-    ]
+    await middleware({"type": "lifespan", "path": "/ws"}, _receive_nothing, _discard)
+    assert seen == [("lifespan", _receive_nothing, _discard)]
     assert value(registry, REQUESTS, method="GET", status="200", handler=UNMATCHED_LABEL) == 0
 
 
