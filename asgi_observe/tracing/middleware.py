@@ -39,6 +39,7 @@ from opentelemetry.util.http import (
 )
 
 from asgi_observe._asgi import relative_path
+from asgi_observe._websocket import WebSocketSession
 from asgi_observe.net import IPNetwork, client_ip, parse_networks
 from asgi_observe.routes import KNOWN_METHODS, RouteResolver, resolve_route, track_route
 from asgi_observe.tracing.api import (
@@ -52,10 +53,25 @@ from asgi_observe.tracing.api import (
 )
 from asgi_observe.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["REQUEST_ID_SCOPE_KEY", "ClientHook", "ServerRequestHook", "TracingMiddleware"]
+__all__ = [
+    "REQUEST_ID_SCOPE_KEY",
+    "WEBSOCKET_CLOSE_CODE",
+    "WEBSOCKET_SPAN_NAME",
+    "ClientHook",
+    "ServerRequestHook",
+    "TracingMiddleware",
+]
 
 REQUEST_ID_SCOPE_KEY = "asgi_observe.request_id"
 """Where `RequestIdMiddleware` leaves the request id; recorded as the ``request_id`` attribute."""
+
+WEBSOCKET_SPAN_NAME = "WebSocket"
+"""The name of a websocket connection's span when no route template is known."""
+
+WEBSOCKET_CLOSE_CODE = "websocket.close.code"
+"""The span attribute holding a websocket connection's close code. OpenTelemetry's
+semantic conventions define no websocket attributes yet, hence a name of our own, in the
+``websocket.*`` namespace their open proposal discusses."""
 
 _SERVER = SpanKind.SERVER
 _TEXT_CACHE_SIZE = 4096
@@ -292,9 +308,12 @@ class TracingMiddleware:
         return excluded.url_disabled(url)
 
     def _start(
-        self, scope: Scope
+        self, scope: Scope, *, name: str | None = None
     ) -> tuple[trace.Span, Token[otel_context.Context], str, bytes | None, bytes | None]:
-        """Start the span as the current one: (span, context token, name, host, user agent)."""
+        """Start the span as the current one: (span, context token, name, host, user agent).
+
+        `name` is the initial span name; by default the request's method.
+        """
         propagator = self._propagator or propagate.get_global_textmap()
         cached, fields = self._fields
         if cached is not propagator:
@@ -315,8 +334,9 @@ class TracingMiddleware:
             if propagated
             else None
         )
-        method = scope.get("method", "GET")
-        name = method if method in KNOWN_METHODS else "HTTP"
+        if name is None:
+            method = scope.get("method", "GET")
+            name = method if method in KNOWN_METHODS else "HTTP"
         span = self._tracer.start_span(name, parent, _SERVER)
         context = trace.set_span_in_context(span, parent)
         if self._publish_tracer:
@@ -326,6 +346,9 @@ class TracingMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
+            if scope["type"] == "websocket":
+                await self._trace_websocket(scope, receive, send)
+                return
             await self.app(scope, receive, send)
             return
         if (self._excluded is not None or self._excluded_paths) and self._is_excluded(scope):
@@ -408,6 +431,120 @@ class TracingMiddleware:
             finally:
                 span.end()
                 otel_context.detach(token)
+
+    async def _trace_websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """One SERVER span per websocket connection, from the handshake to its end.
+
+        Never a span per message: the messages are counted by the metrics and the access
+        log. The span is named by the route template alone (``/ws/{room}``, as
+        opentelemetry-instrumentation-fastapi names websocket spans), `WEBSOCKET_SPAN_NAME`
+        when no route matched, and carries the request attributes of an HTTP span (no
+        ``http.request.method``: the scope has none), ``http.route``,
+        ``websocket.close.code`` (the app's ``websocket.close`` code, else the client's
+        ``websocket.disconnect`` code) and, for an HTTP denial response,
+        ``http.response.status_code``. An exception from the app sets status ERROR, adds
+        the redacted ``exception`` event and is re-raised unchanged. Messages pass
+        through untouched (no ``traceresponse`` header is added to ``websocket.accept``).
+        """
+        if (self._excluded is not None or self._excluded_paths) and self._is_excluded(scope):
+            await self.app(scope, receive, send)
+            return
+        track_route(scope)  # before the app runs: see `track_route`
+        try:
+            span, token, name, host, agent = self._start(scope, name=WEBSOCKET_SPAN_NAME)
+        except Exception:
+            report_once("start", "asgi_observe: starting the request span failed; not traced")
+            await self.app(scope, receive, send)
+            return
+        if not span.is_recording():
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                otel_context.detach(token)
+            return
+        await self._run_websocket_recorded(scope, receive, send, span, token, name, host, agent)
+
+    async def _run_websocket_recorded(  # noqa: PLR0917 - the pieces _start returned
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        span: trace.Span,
+        token: Token[otel_context.Context],
+        name: str,
+        host: bytes | None,
+        agent: bytes | None,
+    ) -> None:
+        """The connection under a sampled span: attributes, hooks, close code, end."""
+        try:
+            attributes = self._request_attributes(scope, name, host, agent)
+            del attributes["http.request.method"]  # a websocket scope has no method
+        except Exception:
+            report_once("attributes", "asgi_observe: building span attributes failed")
+            attributes = {}
+        if self._server_request_hook is not None:
+            self._call_hook("server_request_hook", self._server_request_hook, span, scope)
+        session = WebSocketSession()
+        request_hook = self._client_request_hook
+        response_hook = self._client_response_hook
+        capture_response = self._capture_response
+
+        async def receive_observed() -> Message:
+            message = await receive()
+            session.on_receive(message)
+            if request_hook is not None:
+                self._call_hook("client_request_hook", request_hook, span, scope, message)
+            return message
+
+        async def send_observed(message: Message) -> None:
+            if session.on_send(message) == "websocket.accept":
+                _warn_on_a_second_server_span(span)
+                if capture_response:
+                    attributes.update(
+                        self._captured(message, capture_response, normalise_response_header_name)
+                    )
+            if response_hook is not None:
+                self._call_hook("client_response_hook", response_hook, span, scope, message)
+            await send(message)
+
+        error: Exception | None = None
+        try:
+            await self.app(scope, receive_observed, send_observed)
+        except Exception as exc:
+            error = exc
+            raise
+        finally:
+            try:
+                self._finish_websocket(span, scope, attributes, session, error)
+            except Exception:
+                report_once("finish", "asgi_observe: completing the request span failed")
+            finally:
+                span.end()
+                otel_context.detach(token)
+
+    def _finish_websocket(
+        self,
+        span: trace.Span,
+        scope: Scope,
+        attributes: dict[str, types.AttributeValue],
+        session: WebSocketSession,
+        error: Exception | None,
+    ) -> None:
+        route = resolve_route(scope, self._resolver)
+        if route:
+            span.update_name(route)
+            attributes["http.route"] = route
+        if session.close_code is not None:
+            attributes[WEBSOCKET_CLOSE_CODE] = session.close_code
+        status = session.denial_status
+        if status is not None:
+            attributes["http.response.status_code"] = status
+        if error is not None:
+            record_exception_on(span, error, escaped=True)
+        elif status is not None and status >= 500:
+            attributes["error.type"] = str(status)
+            span.set_status(Status(_ERROR))
+        span.set_attributes(attributes)
 
     def _receive_for(self, span: trace.Span, scope: Scope, receive: Receive) -> Receive:
         hook = self._client_request_hook

@@ -513,9 +513,10 @@ def test_invalid_excluded_pattern_is_refused_at_construction() -> None:
         TracingMiddleware(starlette_app(), excluded_urls=["(unclosed"])
 
 
-async def test_lifespan_and_websocket_pass_through_untouched(
+async def test_lifespan_passes_through_untouched(
     provider: TracerProvider, exporter: InMemorySpanExporter
 ) -> None:
+    """Websocket connections get a span: see tests/tracing/test_websocket.py."""
     received: list[tuple[str, bool]] = []
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -529,14 +530,12 @@ async def test_lifespan_and_websocket_pass_through_untouched(
     async def send(message: Message) -> None:
         sent.append(message)
 
-    for scope_type, first in (("lifespan", "lifespan.startup"), ("websocket", "websocket.connect")):
+    async def receive() -> Message:
+        return {"type": "lifespan.startup"}
 
-        async def receive(first: str = first) -> Message:
-            return {"type": first}
-
-        await mw({"type": scope_type, "path": "/", "headers": []}, receive, send)
-    assert received == [("lifespan", False), ("websocket", False)]
-    assert sent == [{"type": "lifespan.startup.complete"}, {"type": "websocket.connect.complete"}]
+    await mw({"type": "lifespan", "path": "/", "headers": []}, receive, send)
+    assert received == [("lifespan", False)]
+    assert sent == [{"type": "lifespan.startup.complete"}]
     assert exporter.get_finished_spans() == ()
 
 
