@@ -24,6 +24,7 @@ from typing import Any
 from opentelemetry.trace import get_current_span
 
 from asgi_observe import pii
+from asgi_observe._websocket import ERROR, REJECTED, WebSocketSession
 from asgi_observe.logs.config import get_logger, write_event
 from asgi_observe.net import IPNetwork, client_ip
 from asgi_observe.pii import is_sensitive_key, redact_query, redact_text
@@ -36,6 +37,8 @@ from asgi_observe.types import ASGIApp, Message, Receive, Scope, Send
 __all__ = [
     "DEFAULT_EXCLUDE_PATHS",
     "DEFAULT_SENSITIVE_QUERY_PARAMS",
+    "WEBSOCKET_EVENT",
+    "WEBSOCKET_FIELD_NAMES",
     "AccessLogMiddleware",
     "escape_control",
 ]
@@ -64,13 +67,32 @@ FIELD_NAMES: tuple[str, ...] = (
 )
 """The keys of an access-log line besides those every line has (``event``, ...)."""
 
+WEBSOCKET_FIELD_NAMES: tuple[str, ...] = (
+    "path",
+    "route",
+    "outcome",
+    "close_code",
+    "duration_ms",
+    "messages_received",
+    "messages_sent",
+    "client_ip",
+    "user_agent",
+    "request_id",
+    "trace_id",
+    "span_id",
+    "error",
+)
+"""The keys of a websocket connection's line besides those every line has."""
+
 # Whether `write_event` may redact the values of the line without looking their keys
 # up: none of them is a sensitive one. Decided here once rather than assumed.
 _PLAIN_KEYS = not any(is_sensitive_key(key) for key in FIELD_NAMES)
+_WEBSOCKET_PLAIN_KEYS = not any(is_sensitive_key(key) for key in WEBSOCKET_FIELD_NAMES)
 
 MAX_PATH = 2048
 MAX_USER_AGENT = 512
 EVENT = "request"
+WEBSOCKET_EVENT = "websocket"
 LOGGER_NAME = "asgi_observe.access"
 
 
@@ -170,6 +192,9 @@ class AccessLogMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
+            if scope["type"] == "websocket":
+                await self._log_websocket(scope, receive, send)
+                return
             await self.app(scope, receive, send)
             return
         # Excluded paths are compared relative to the mount point: behind
@@ -282,6 +307,97 @@ class AccessLogMiddleware:
                 logger.info(self._event, **fields)
         except Exception:
             self._report_failure()
+
+    async def _log_websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """One line per websocket connection, written when the app returns or raises.
+
+        The event is `WEBSOCKET_EVENT` with `WEBSOCKET_FIELD_NAMES`: ``outcome``
+        (``accepted``, ``rejected``, ``error``), ``close_code`` (the app's
+        ``websocket.close`` code, else the client's ``websocket.disconnect`` code, else
+        null), ``duration_ms`` (from accept to the end of the connection; from its arrival
+        for a connection never accepted), the ``websocket.receive`` and ``websocket.send``
+        messages counted each way, and the request fields of an HTTP line. Level:
+        ``error`` for an app exception (re-raised unchanged), ``warning`` for a rejected
+        connection, ``info`` otherwise. Messages pass through untouched.
+        """
+        if self._exclude and self._relative_path(scope) in self._exclude:
+            await self.app(scope, receive, send)
+            return
+        session = WebSocketSession()
+
+        async def receive_counting() -> Message:
+            message = await receive()
+            session.on_receive(message)
+            return message
+
+        async def send_counting(message: Message) -> None:
+            session.on_send(message)
+            await send(message)
+
+        error: Exception | None = None
+        try:
+            await self.app(scope, receive_counting, send_counting)
+        except Exception as exc:  # a cancelled task is not the app failing
+            error = exc
+            session.error = True
+            raise
+        finally:
+            session.end()
+            self._emit_websocket(scope, session, error)
+
+    @staticmethod
+    def _relative_path(scope: Scope) -> str:
+        path: str = scope.get("path") or ""
+        root = scope.get("root_path")
+        if root and path.startswith(root):
+            path = path[len(root) :] or "/"
+        return path
+
+    def _emit_websocket(
+        self, scope: Scope, session: WebSocketSession, error: BaseException | None
+    ) -> None:
+        try:
+            context = get_current_span().get_span_context()
+            fields: dict[str, Any] = {
+                "path": self._path(scope),
+                "route": resolve_route(scope, self._route_resolver),
+                "outcome": session.outcome,
+                "close_code": session.close_code,
+                "duration_ms": round(session.duration() * 1000.0, 3),
+                "messages_received": session.received,
+                "messages_sent": session.sent,
+                "client_ip": client_ip(scope, self._trusted),
+                "user_agent": self._user_agent(scope),
+                "request_id": scope.get(REQUEST_ID_KEY) or get_request_id(),
+                "trace_id": format(context.trace_id, "032x") if context.is_valid else None,
+                "span_id": format(context.span_id, "016x") if context.is_valid else None,
+            }
+            if error is not None:
+                fields["error"] = escape_control(
+                    redact_text(f"{type(error).__qualname__}: {error}"), MAX_PATH
+                )
+            outcome = session.outcome
+            level = "error" if outcome == ERROR else "warning" if outcome == REJECTED else "info"
+            if self._direct and write_event(
+                LOGGER_NAME, level, WEBSOCKET_EVENT, fields, plain_keys=_WEBSOCKET_PLAIN_KEYS
+            ):
+                return
+            getattr(self._logger, level)(WEBSOCKET_EVENT, **fields)
+        except Exception:
+            self._report_failure()
+
+    def _user_agent(self, scope: Scope) -> str | None:
+        for name, value in scope.get("headers") or ():
+            if name == b"user-agent":
+                agent = self._agents.get(value)
+                if agent is None:
+                    agent = escape_control(redact_text(value.decode("latin-1")), MAX_USER_AGENT)
+                    if len(value) <= MAX_USER_AGENT:
+                        if len(self._agents) >= 1024:
+                            self._agents.clear()
+                        self._agents[value] = agent
+                return agent
+        return None
 
     def _path(self, scope: Scope) -> str:
         path = scope.get("path") or ""
