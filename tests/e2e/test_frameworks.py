@@ -19,7 +19,6 @@ from typing import Any, cast
 
 import httpx
 import pytest
-from django.conf import settings as django_settings
 from django.core.asgi import get_asgi_application
 from django.http import HttpRequest, JsonResponse
 from django.test import override_settings
@@ -35,7 +34,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import CollectorRegistry
-from quart import Quart
+from quart import Quart, websocket
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -44,9 +43,11 @@ from starlette.routing import Mount, Route
 from asgi_observe import Settings, get_logger, instrument, record_exception
 from asgi_observe.integrations.quart import track_routes
 from asgi_observe.types import ASGIApp, Receive, Scope, Send
+from examples.django_app import configure_django
 from tests.e2e.servers import serve, server_env, uvicorn_argv
 from tests.logs.support import json_logs, lines, restore_logging
 from tests.support import free_port, http_get
+from tests.websocket_support import FakeConnection, ws_scope
 
 __all__ = ["json_logs", "restore_logging"]  # fixtures used by the tests below
 
@@ -224,8 +225,8 @@ BUILDERS = {
 def django_settings_for_tests() -> Iterator[None]:
     """Django allows one settings object per process: configure it once (the example
     module may have done so already), and override what these tests need."""
-    if not django_settings.configured:
-        django_settings.configure(DEBUG=False, LOGGING_CONFIG=None, INSTALLED_APPS=[])
+    # The example's own settings, so the example works in this process whichever runs first.
+    configure_django()
     with override_settings(
         ROOT_URLCONF=django_urls(),
         MIDDLEWARE=[DJANGO_MIDDLEWARE],
@@ -443,6 +444,28 @@ async def test_quart_track_routes_twice_changes_nothing(
     await call(observed, "GET", "/boom")
 
     assert len([e for e in server_span(exporter).events if e.name == "exception"]) == 1
+
+
+async def test_quart_websocket_route_is_named(
+    registry: CollectorRegistry, provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    app = Quart(__name__)
+
+    @app.websocket("/ws/<int:room>")
+    async def room(room: int) -> None:
+        await websocket.accept()
+        await websocket.send(await websocket.receive())
+
+    quart_asgi = cast(ASGIApp, track_routes(app))  # Quart types its scope as TypedDicts
+    observed = instrument(quart_asgi, Settings(), registry=registry, tracer_provider=provider)
+    connection = FakeConnection(["hello"])
+
+    await connection.run(observed, ws_scope("/ws/7"))
+
+    assert {"type": "websocket.send", "text": "hello"}.items() <= connection.sent[1].items()
+    labels = {"handler": "/ws/{room}", "outcome": "accepted"}
+    assert registry.get_sample_value("websocket_connections_total", labels) == 1
+    assert server_span(exporter).name == "/ws/{room}"
 
 
 async def test_django_http404_from_a_view_is_not_an_error(
