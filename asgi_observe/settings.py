@@ -412,6 +412,7 @@ class Settings:
     metrics_labels: tuple[tuple[str, str], ...] = ()
     request_id_header: str = "X-Request-ID"
     access_log_exclude_paths: tuple[str, ...] = PROBE_PATHS
+    metrics_instrumentator_compat: bool = False
     http_capture_headers_server_request: tuple[str, ...] = ()
     http_capture_headers_server_response: tuple[str, ...] = ()
     http_capture_headers_sanitize_fields: tuple[str, ...] = ()
@@ -603,6 +604,9 @@ class Settings:
             if metric_labels is None
             else _parse_key_values("METRICS_LABELS", metric_labels),
             request_id_header=(get("REQUEST_ID_HEADER") or "X-Request-ID").strip(),
+            metrics_instrumentator_compat=_parse_bool(
+                "METRICS_INSTRUMENTATOR_COMPAT", get("METRICS_INSTRUMENTATOR_COMPAT") or "false"
+            ),
             access_log_exclude_paths=PROBE_PATHS
             if access_paths is None
             else _parse_paths("ACCESS_LOG_EXCLUDE_PATHS", access_paths),

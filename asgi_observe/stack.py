@@ -23,7 +23,7 @@ from asgi_observe._lifespan import Hook, LifespanHooks, StartupAbortedError
 from asgi_observe.health.app import HealthApp
 from asgi_observe.logs.access import AccessLogMiddleware
 from asgi_observe.metrics.exposition import metrics_app
-from asgi_observe.metrics.http import MetricsMiddleware
+from asgi_observe.metrics.http import LabelFunction, MetricsMiddleware
 from asgi_observe.metrics.internal import InternalMetricsServer
 from asgi_observe.metrics.legacy import legacy_metrics_app
 from asgi_observe.request_id import RequestIdMiddleware
@@ -224,6 +224,7 @@ def instrument(
     registry: CollectorRegistry | None = None,
     tracer_provider: TracerProvider | Any = None,
     route_resolver: RouteResolver | None = None,
+    labels: Mapping[str, LabelFunction] | None = None,
 ) -> ObservedApp:
     """Wrap `app` in the full observability stack.
 
@@ -237,6 +238,11 @@ def instrument(
         route_resolver: ``resolver(scope) -> template | None``, tried before the built-in
             route resolution by the metrics, the span name and the access log alike (for
             routers the library does not know; Django and Quart have integrations).
+        labels: dynamic metric labels, name → ``function(scope) -> str | None``, on
+            ``http_requests_total``, ``http_request_duration_seconds`` and
+            ``http_requests_in_progress`` (see `MetricsMiddleware`): bounded to 100
+            values each, refused at construction when they clash with a built-in label
+            or name an unbounded value (``user_id``, ``email``...).
 
     Every other option is a `Settings` field with its variable: metric namespace,
     buckets, excluded paths and methods, constant labels, the request-id header, the
@@ -308,6 +314,10 @@ def instrument(
             exclude_paths=settings.metrics_exclude_paths,
             route_resolver=route_resolver,
             multiprocess=settings.prometheus_multiproc_dir is not None,
+            exclude_methods=settings.metrics_exclude_methods,
+            labels=labels,
+            const_labels=settings.metrics_labels,
+            instrumentator_compat=settings.metrics_instrumentator_compat,
         )
     if not settings.sdk_disabled:  # OTEL_SDK_DISABLED: no spans, nothing else changes
         # The built-in exclusions are exact paths (``/healthcare`` stays traced); patterns

@@ -8,22 +8,29 @@
 | ``http_response_size_bytes`` | histogram | ``handler`` |
 | ``http_requests_in_progress`` | gauge | ``method``, ``handler`` |
 
-The names match prometheus-fastapi-instrumentator's, so its dashboards work unchanged.
+The names match prometheus-fastapi-instrumentator's; with ``instrumentator_compat`` the
+status is grouped (``2xx``) and its ``http_requests_inprogress`` and
+``http_request_duration_highr_seconds`` are exposed too, so its dashboards work unchanged.
+Dynamic labels (`MetricsMiddleware(labels=...)`) go on the request counter, the latency
+histogram and the in-progress gauge; constant labels on every family.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from time import perf_counter
+from typing import cast
 
 from opentelemetry import trace
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from asgi_observe._asgi import relative_path
-from asgi_observe.metrics._families import http_metrics_for
+from asgi_observe.metrics._families import LabelValues, http_metrics_for
+from asgi_observe.metrics.app import check_label_names
 from asgi_observe.metrics.websocket import WebSocketRecorder, websocket_metrics_for
 from asgi_observe.routes import (
+    LabelCap,
     RouteResolver,
     normalize_method,
     resolve_route,
@@ -42,7 +49,51 @@ DEFAULT_SIZE_BUCKETS: tuple[float, ...] = (100, 1_000, 10_000, 100_000, 1_000_00
 
 _SAMPLED = trace.TraceFlags.SAMPLED
 
-_Children = tuple[Counter, Histogram, Histogram, Histogram]
+_Children = tuple[Counter, Histogram, Histogram, Histogram, Histogram | None]
+
+LabelFunction = Callable[[Scope], "str | None"]
+"""A dynamic label: its value for a request, from the scope (None or raising gives "")."""
+
+BUILTIN_LABELS = frozenset({"method", "status", "handler", "le", "quantile"})
+"""Names the HTTP families use themselves (or Prometheus reserves): refused as labels."""
+
+DEFAULT_MAX_LABEL_VALUES = 100
+"""Distinct values each dynamic label may take before new ones become ``other``."""
+
+
+def _no_labels(scope: Scope) -> tuple[str, ...]:
+    return ()
+
+
+def _label_values(
+    labels: Mapping[str, LabelFunction], max_values: int
+) -> tuple[tuple[str, ...], LabelValues]:
+    """The names of the dynamic labels and one function giving their bounded values."""
+    names = check_label_names(tuple(labels), metric="http_requests_total")
+    clashing = sorted(BUILTIN_LABELS.intersection(names))
+    if clashing:
+        msg = f"labels {clashing} clash with the built-in labels of the HTTP metrics"
+        raise ValueError(msg)
+    if not names:
+        return (), _no_labels
+    functions = tuple(labels[name] for name in names)
+    for name, function in zip(names, functions, strict=True):
+        if not callable(cast("object", function)):  # untyped callers (configuration files)
+            msg = f"label {name!r}: expected a callable taking the ASGI scope, got {function!r}"
+            raise TypeError(msg)
+    caps = tuple(LabelCap(max_values, what=f"values of label {name!r}") for name in names)
+
+    def values(scope: Scope) -> tuple[str, ...]:
+        found = []
+        for function, cap in zip(functions, caps, strict=True):
+            try:
+                value = function(scope)
+            except Exception:  # a user's label must never break the request
+                value = None
+            found.append("" if value is None else cap.bound(str(value)))
+        return tuple(found)
+
+    return names, values
 
 
 class MetricsMiddleware:
@@ -63,6 +114,19 @@ class MetricsMiddleware:
             (the first middleware built on a registry sets it).
         multiprocess: use a multiprocess-safe in-progress gauge (set by `instrument()` when
             ``PROMETHEUS_MULTIPROC_DIR`` is configured).
+        exclude_methods: methods (``OPTIONS``, ``HEAD``) not measured at all.
+        labels: dynamic labels, name → ``function(scope) -> str | None``, added to
+            ``http_requests_total``, ``http_request_duration_seconds`` and
+            ``http_requests_in_progress``. Each takes at most `max_label_values` distinct
+            values, then ``other``; a function that raises or returns None gives ``""``
+            and the request goes on. Names of the built-in labels, and names
+            `asgi_observe.metrics.app.check_label_names` refuses (``user_id``,
+            ``email``, ``path``...), are refused here.
+        const_labels: constant labels on every HTTP family (``METRICS_LABELS``).
+        max_label_values: the bound of each dynamic label.
+        instrumentator_compat: prometheus-fastapi-instrumentator's layout as well:
+            status grouped as ``2xx``, ``http_requests_inprogress``,
+            ``http_request_duration_highr_seconds``.
 
     Duration ends when the last body byte is handed to the server, so background tasks
     run after the response are not counted. Sizes are the body bytes actually received
@@ -88,8 +152,20 @@ class MetricsMiddleware:
         route_resolver: RouteResolver | None = None,
         max_handlers: int = 200,
         multiprocess: bool = False,
+        exclude_methods: Collection[str] = (),
+        labels: Mapping[str, LabelFunction] | None = None,
+        const_labels: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
+        max_label_values: int = DEFAULT_MAX_LABEL_VALUES,
+        instrumentator_compat: bool = False,
     ) -> None:
         self.app = app
+        dynamic, self._label_values = _label_values(labels or {}, max_label_values)
+        constant = tuple(dict(const_labels or {}).items())
+        const_names = check_label_names([name for name, _ in constant], metric="http_*")
+        clashing = sorted(BUILTIN_LABELS.union(dynamic).intersection(const_names))
+        if clashing:
+            msg = f"const_labels {clashing} clash with the built-in or dynamic labels"
+            raise ValueError(msg)
         self._metrics = http_metrics_for(
             REGISTRY if registry is None else registry,
             namespace,
@@ -97,7 +173,12 @@ class MetricsMiddleware:
             size_buckets,
             multiprocess=multiprocess,
             max_handlers=max_handlers,
+            dynamic_labels=dynamic,
+            const_labels=tuple((name, str(value)) for name, value in constant),
+            instrumentator_compat=instrumentator_compat,
         )
+        self._const = self._metrics.const_values
+        self._exclude_methods = frozenset(method.upper() for method in exclude_methods)
         self._exclude = frozenset(exclude_paths)
         self._resolver = route_resolver
         # One cap per family set: every middleware on a registry shares the bound.
@@ -111,10 +192,14 @@ class MetricsMiddleware:
             ),
             route_resolver,
         )
-        self._children: dict[tuple[str, int, str], _Children] = {}
+        self._children: dict[tuple[str, int, str, tuple[str, ...]], _Children] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or (self._exclude and relative_path(scope) in self._exclude):
+        if (
+            scope["type"] != "http"
+            or (self._exclude and relative_path(scope) in self._exclude)
+            or (self._exclude_methods and scope.get("method") in self._exclude_methods)
+        ):
             if scope["type"] == "websocket" and not (
                 self._exclude and relative_path(scope) in self._exclude
             ):
@@ -155,14 +240,14 @@ class MetricsMiddleware:
             await send(message)
 
         in_flight = self._metrics.in_flight
-        gauge = self._metrics.in_progress_gauge
+        gauges = self._metrics.in_progress_gauges
         key = id(scope)
         downstream: Send = send_recording_response
         counted: list[Gauge] = []
         if in_flight is not None:
-            in_flight.active[key] = scope
-        elif gauge is not None:
-            downstream = self._counting_in_progress(scope, send_recording_response, gauge, counted)
+            in_flight.active[key] = (scope, self._label_values)
+        elif gauges:
+            downstream = self._counting_in_progress(scope, send_recording_response, gauges, counted)
         try:
             await self.app(scope, receive_counting_bytes, downstream)
         finally:  # on an app exception: 500, or the status already sent
@@ -182,7 +267,7 @@ class MetricsMiddleware:
             logger.exception("asgi_observe: failed to record HTTP metrics")
 
     def _counting_in_progress(
-        self, scope: Scope, send: Send, gauge: Gauge, counted: list[Gauge]
+        self, scope: Scope, send: Send, gauges: tuple[Gauge, ...], counted: list[Gauge]
     ) -> Send:
         """Multiprocess mode: count the request in progress once its route is known.
 
@@ -197,9 +282,11 @@ class MetricsMiddleware:
                 handler = (
                     unmatched_label(scope) if template is None else self._handlers.bound(template)
                 )
-                child = gauge.labels(normalize_method(scope.get("method")), handler)
-                child.inc()
-                counted.append(child)
+                values = (*self._label_values(scope), *self._const)
+                for gauge in gauges:
+                    child = gauge.labels(normalize_method(scope.get("method")), handler, *values)
+                    child.inc()
+                    counted.append(child)
             await send(message)
 
         return send_counting_progress
@@ -208,10 +295,11 @@ class MetricsMiddleware:
         method = normalize_method(scope.get("method"))
         template = resolve_route(scope, self._resolver, status=status)
         handler = unmatched_label(scope) if template is None else self._handlers.bound(template)
-        children = self._children.get((method, status, handler))
+        values = self._label_values(scope)
+        children = self._children.get((method, status, handler, values))
         if children is None:
-            children = self._make_children(method, status, handler)
-        requests, duration_h, request_h, response_h = children
+            children = self._make_children(method, status, handler, values)
+        requests, duration_h, request_h, response_h, highr = children
         span_context = trace.get_current_span().get_span_context()
         if span_context.trace_flags & _SAMPLED and span_context.is_valid:
             exemplar = {"trace_id": format(span_context.trace_id, "032x")}
@@ -224,15 +312,23 @@ class MetricsMiddleware:
             duration_h.observe(duration)
         request_h.observe(received)
         response_h.observe(sent)
+        if highr is not None:
+            highr.observe(duration)
 
-    def _make_children(self, method: str, status: int, handler: str) -> _Children:
+    def _make_children(
+        self, method: str, status: int, handler: str, values: tuple[str, ...]
+    ) -> _Children:
         metrics = self._metrics
+        const = self._const
+        highr = metrics.duration_highr
         children = (
-            metrics.requests.labels(method, str(status), handler),
-            metrics.duration.labels(method, handler),
-            metrics.request_size.labels(handler),
-            metrics.response_size.labels(handler),
+            metrics.requests.labels(method, metrics.status_label(status), handler, *values, *const),
+            metrics.duration.labels(method, handler, *values, *const),
+            metrics.request_size.labels(handler, *const),
+            metrics.response_size.labels(handler, *const),
+            None if highr is None else (highr.labels(*const) if const else highr),
         )
-        # Bounded: methods are folded, handlers capped, and statuses are three digits.
-        self._children[(method, status, handler)] = children
+        # Bounded: methods are folded, handlers and label values capped, and statuses
+        # are three digits.
+        self._children[(method, status, handler, values)] = children
         return children
