@@ -119,11 +119,15 @@ def in_networks(address: IPAddress, networks: Iterable[IPNetwork]) -> bool:
     return any(address in network for network in networks)
 
 
-@lru_cache(maxsize=1024)
 def _peer(text: str) -> IPAddress | None:
-    # Peers repeat (a few proxies or clients send most requests); entries are at most
-    # `_MAX_HOP_LENGTH` characters, so the cache is bounded in bytes as well.
-    return parse_address(text) if len(text) <= _MAX_HOP_LENGTH else None
+    # Checked before the cache: only short texts are kept, so it is bounded in bytes.
+    return _cached_peer(text) if len(text) <= _MAX_HOP_LENGTH else None
+
+
+@lru_cache(maxsize=1024)
+def _cached_peer(text: str) -> IPAddress | None:
+    # Peers repeat: a few proxies or clients send most requests.
+    return parse_address(text)
 
 
 def _forwarded_hops(scope: Scope) -> list[str]:
