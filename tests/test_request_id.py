@@ -447,3 +447,28 @@ def _http_scope(path: str, headers: list[tuple[bytes, bytes]]) -> Scope:
         "client": ("127.0.0.1", 1234),
         "server": ("127.0.0.1", 80),
     }
+
+
+def test_generated_ids_are_uuid4_and_differ_across_forked_workers() -> None:
+    import os
+    import uuid
+
+    from asgi_observe.request_id import generate_request_id
+
+    ids = {generate_request_id() for _ in range(10_000)}
+    assert len(ids) == 10_000
+    for value in list(ids)[:100]:
+        parsed = uuid.UUID(value)
+        assert parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a worker forked from a pre-loaded master (gunicorn --preload)
+        os.write(write, generate_request_id().encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 64).decode()
+    os.waitpid(pid, 0)
+    os.close(read)
+    assert child not in ids
+    assert child != generate_request_id()
