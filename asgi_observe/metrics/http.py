@@ -189,6 +189,7 @@ class MetricsMiddleware:
                 namespace,
                 self._handlers,  # HTTP and websocket routes share one bound
                 multiprocess=multiprocess,
+                const_labels=self._metrics.const_labels,
             ),
             route_resolver,
         )

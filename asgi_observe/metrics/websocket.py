@@ -71,20 +71,27 @@ class WebSocketMetrics:
         handlers: LabelCap,
         *,
         multiprocess: bool,
+        const_labels: tuple[tuple[str, str], ...] = (),
         buckets: Sequence[float] = DEFAULT_CONNECTION_BUCKETS,
     ) -> None:
+        const_names = tuple(name for name, _ in const_labels)
+        clashing = sorted({"handler", "outcome", "direction"}.intersection(const_names))
+        if clashing:
+            msg = f"const_labels {clashing} clash with the labels of the websocket metrics"
+            raise ValueError(msg)
         self.handlers = handlers
+        self.const_values = tuple(value for _, value in const_labels)
         self.connections = Counter(
             "websocket_connections_total",
             "Websocket connections by handler and outcome (accepted, rejected, error)",
-            ("handler", "outcome"),
+            ("handler", "outcome", *const_names),
             namespace=namespace,
             registry=registry,
         )
         self.active = Gauge(
             "websocket_connections_active",
             "Websocket connections currently open (accepted and not yet ended)",
-            ("handler",),
+            ("handler", *const_names),
             namespace=namespace,
             registry=registry,
             # As http_requests_in_progress: worker files summed over live workers only.
@@ -93,7 +100,7 @@ class WebSocketMetrics:
         self.duration = Histogram(
             "websocket_connection_duration_seconds",
             "Websocket connection lifetime from accept to close or disconnect",
-            ("handler",),
+            ("handler", *const_names),
             namespace=namespace,
             buckets=buckets,
             registry=registry,
@@ -101,7 +108,7 @@ class WebSocketMetrics:
         self.messages = Counter(
             "websocket_messages_total",
             "Websocket messages by handler and direction (received, sent)",
-            ("handler", "direction"),
+            ("handler", "direction", *const_names),
             namespace=namespace,
             registry=registry,
         )
@@ -112,11 +119,12 @@ class WebSocketMetrics:
     def children(self, handler: str) -> _Children:
         found = self._children.get(handler)
         if found is None:
+            const = self.const_values
             found = (
-                self.active.labels(handler),
-                self.duration.labels(handler),
-                self.messages.labels(handler, DIRECTION_RECEIVED),
-                self.messages.labels(handler, DIRECTION_SENT),
+                self.active.labels(handler, *const),
+                self.duration.labels(handler, *const),
+                self.messages.labels(handler, DIRECTION_RECEIVED, *const),
+                self.messages.labels(handler, DIRECTION_SENT, *const),
             )
             self._children[handler] = found
         return found
@@ -125,7 +133,9 @@ class WebSocketMetrics:
         key = (handler, outcome)
         found = self._outcomes.get(key)
         if found is None:
-            found = self._outcomes[key] = self.connections.labels(handler, outcome)
+            found = self._outcomes[key] = self.connections.labels(
+                handler, outcome, *self.const_values
+            )
         return found
 
 
@@ -133,20 +143,31 @@ _families: PerRegistry[WebSocketMetrics] = PerRegistry()
 
 
 def websocket_metrics_for(
-    registry: CollectorRegistry, namespace: str, handlers: LabelCap, *, multiprocess: bool
+    registry: CollectorRegistry,
+    namespace: str,
+    handlers: LabelCap,
+    *,
+    multiprocess: bool,
+    const_labels: tuple[tuple[str, str], ...] = (),
 ) -> WebSocketMetrics:
     """Get or create the websocket families for `registry` and `namespace`.
 
     `handlers` is the cap of the HTTP families on the same registry and namespace (one
     per pair), so it is the same object for every middleware that gets here. As with the
-    HTTP families, the first middleware built on a registry decides the multiprocess mode.
+    HTTP families, the first middleware built on a registry decides the multiprocess
+    mode, and asking for other constant labels is refused.
     """
     return _families.get_or_create(
         registry,
         namespace,
-        None,
-        lambda: WebSocketMetrics(registry, namespace, handlers, multiprocess=multiprocess),
-        lambda _: "unreachable: websocket families have a single configuration",
+        const_labels,
+        lambda: WebSocketMetrics(
+            registry, namespace, handlers, multiprocess=multiprocess, const_labels=const_labels
+        ),
+        lambda _: (
+            f"websocket metrics for namespace {namespace!r} already exist in this registry "
+            "with other constant labels; use another registry or namespace, or the same labels"
+        ),
     )
 
 

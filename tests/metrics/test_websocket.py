@@ -340,3 +340,21 @@ async def test_lifespan_passes_through() -> None:
     await MetricsMiddleware(app, registry=registry)({"type": "lifespan"}, receive, send)
     assert seen == ["lifespan"]
     assert label_values(registry, CONNECTIONS, "handler") == set()
+
+
+async def test_constant_labels_are_on_every_websocket_family() -> None:
+    registry = CollectorRegistry()
+    app = MetricsMiddleware(
+        routed(echo_app, ROUTE), registry=registry, const_labels={"service": "chat"}
+    )
+    await FakeConnection(["a"]).run(app)
+    labels = {"handler": ROUTE, "service": "chat"}
+    assert value(registry, CONNECTIONS, outcome="accepted", **labels) == 1
+    assert value(registry, ACTIVE, **labels) == 0
+    assert value(registry, f"{DURATION}_count", **labels) == 1
+    assert value(registry, MESSAGES, direction="sent", **labels) == 1
+
+
+def test_constant_labels_clashing_with_websocket_labels_are_refused() -> None:
+    with pytest.raises(ValueError, match="outcome"):
+        MetricsMiddleware(echo_app, registry=CollectorRegistry(), const_labels={"outcome": "x"})
