@@ -1,4 +1,4 @@
-"""The access log: one structured, PII-safe event per HTTP request.
+"""The access log: one structured, PII-safe event per HTTP request or websocket connection.
 
 This module owns `AccessLogMiddleware`. The event is written as the response completes
 (its last body message is sent) or when the app raises before that, with the fields of the public contract: ``method``,
@@ -127,7 +127,8 @@ def _method(method: Any) -> str:
 
 
 class AccessLogMiddleware:
-    """One structured event per HTTP request, written when the response completes.
+    """One structured event per HTTP request, written when the response completes, and
+    one per websocket connection, written when it ends (see `_log_websocket`).
 
     ``duration_ms`` ends when the final body message (``more_body`` false) is sent, and
     the line is written then, before that message is passed on: work the app does
@@ -138,7 +139,7 @@ class AccessLogMiddleware:
     Starlette's ``ServerErrorMiddleware`` re-raises after sending its 500. The level follows the status: ``error`` for 5xx (including an app exception, logged
     as status 500 with an ``error`` field before it is re-raised unchanged), ``warning``
     for 4xx, ``info`` otherwise. Paths in `exclude_paths` (exact match, relative to
-    ``root_path`` when the path starts with it) and non-HTTP scopes pass through
+    ``root_path`` when the path starts with it) and lifespan scopes pass through
     without an event. A failure while building or writing the
     event is reported on the ``asgi_observe`` logger and never reaches the request.
 

@@ -97,7 +97,8 @@ def _label_values(
 
 
 class MetricsMiddleware:
-    """Record the HTTP metrics of every request; other scope types pass through untouched.
+    """Record the HTTP metrics of every request and the websocket metrics of every
+    connection (`asgi_observe.metrics.websocket`); lifespan scopes pass through untouched.
 
     Args:
         app: the ASGI app to measure.

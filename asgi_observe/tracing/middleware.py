@@ -1,4 +1,5 @@
-"""`TracingMiddleware`: one OpenTelemetry SERVER span per HTTP request, cheaply.
+"""`TracingMiddleware`: one OpenTelemetry SERVER span per HTTP request (and per websocket
+connection), cheaply.
 
 The per-request work is kept to what the span needs: one pass over the headers notes
 whether a propagation field is present and picks out ``host`` and ``user-agent``;
@@ -177,7 +178,8 @@ def _split_host(host: str) -> tuple[str, int | None]:
 
 
 class TracingMiddleware:
-    """One SERVER span per HTTP request; lifespan and websocket scopes pass through.
+    """One SERVER span per HTTP request and per websocket connection (see
+    `_trace_websocket`); lifespan scopes pass through.
 
     The span is named ``{METHOD} {route template}`` (``{METHOD}`` when no route matched;
     ``HTTP`` for a method outside RFC 9110's set) and carries the stable HTTP semantic
