@@ -137,7 +137,10 @@ def serve(
             except OSError:
                 return False
 
-        wait_until(answering, timeout=60, what=f"{argv[0]} to answer {ready}", interval=0.1)
+        try:
+            wait_until(answering, timeout=60, what=f"{argv[0]} to answer {ready}", interval=0.1)
+        except pytest.fail.Exception:
+            pytest.fail(f"{argv[0]} did not answer {ready} within 60s: {server.output()[-3000:]}")
         yield server
     finally:
         if process.poll() is None:

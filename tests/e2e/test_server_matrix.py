@@ -7,12 +7,17 @@ gunicorn with two uvicorn workers sharing ``PROMETHEUS_MULTIPROC_DIR``. For each
   generated one; ``/metrics`` counts it under the route template (``handler``), and the
   health probes answer 200 (no DATABASE_URL/REDIS_URL: SQLite and the disk are checked);
 - the JSON access line of each request (``ENVIRONMENT=production``) is found in the
-  server's output by its request id, with route, status and trace id;
+  server's output by its request id, with route, status and trace id; records logged in
+  the app's process come out once, as JSON only (no plain duplicate, no server access
+  line outside the JSON);
 - the server's own root-path option, with requests sent the way a proxy in front of that
   server forwards them (uvicorn and uvicorn workers expect the prefix stripped, the
   others the full path);
-- SIGTERM is a clean shutdown: exit code 0, and spans held back by a 60 s batch delay
-  reach a real OTLP/HTTP receiver only then, from every worker.
+- SIGTERM is a clean shutdown: exit code 0 (uvicorn ends by the signal it re-raises),
+  and spans held back by a 60 s batch delay reach a real OTLP/HTTP receiver only then,
+  from every worker.
+
+Each case's `notes` say what the server needs; README.md "Servers" documents them.
 
 A server that cannot run here skips with its reason locally and fails in CI.
 """
@@ -293,7 +298,11 @@ class Run:
             found = self.access_lines()
             return all(rid in found for rid in self.sent_ids)
 
-        wait_until(all_logged, timeout=15, what="the access lines of the sent requests")
+        try:
+            wait_until(all_logged, timeout=30, what="the access lines of the sent requests")
+        except pytest.fail.Exception:
+            missing = [rid for rid in self.sent_ids if rid not in found]
+            pytest.fail(f"no access line for {missing}: {self.server.output()[-3000:]}")
         return found
 
 
@@ -334,6 +343,15 @@ def run_server(
         log=tmp_path / f"{case.name}.log",
         ready=prefix + "/health/live",
     ) as server:
+        marker = case.server_line
+        if case.workers > 1 and marker is not None:
+            # One worker answering is not all of them: wait until each has started.
+            wait_until(
+                lambda: server.output().count(marker) >= case.workers,
+                timeout=60,
+                what=f"{case.workers} workers to log {marker!r}",
+                interval=0.1,
+            )
         yield Run(case, server, prefix)
 
 
@@ -426,7 +444,7 @@ def test_example_under_server(case: ServerCase, tmp_path: Path) -> None:
         # The batch delay holds every span back: what arrives next is the shutdown's flush.
         assert receiver.snapshot() == []
         code = run.server.stop()
-        assert code == case.exit_code, run.server.output()[-3000:]
+        assert code == case.exit_code, (case.notes, run.server.output()[-3000:])
         assert "Traceback" not in run.server.output(), run.server.output()[-3000:]
 
         spans = server_spans(receiver)
