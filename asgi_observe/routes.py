@@ -357,8 +357,30 @@ def _lookup(index: _RouterIndex, scope: Scope) -> list[_Entry] | None:
             and getattr(route, "app", None) is not endpoint
         )
         if not stale:
-            return index.by_route.get(id(route))
+            found = index.by_route.get(id(route))
+            if found is None and endpoint is not None:
+                found = _by_inclusion_copy(index, route, endpoint)
+            return found
     return index.by_endpoint.get(id(endpoint)) if endpoint is not None else None
+
+
+def _by_inclusion_copy(index: _RouterIndex, route: Any, endpoint: Any) -> list[_Entry] | None:
+    """The entries of a route FastAPI copied when including its router.
+
+    FastAPI >= 0.16x serves a websocket route of an included router through a copy built
+    for that inclusion (its ``path_format`` holds the include prefixes) and leaves the
+    copy in ``scope["route"]``. The original is in the index under the same endpoint,
+    with a template ending with the copy's path (outer mount prefixes come first).
+    """
+    path_format = getattr(route, "path_format", None)
+    if not isinstance(path_format, str):
+        return None
+    found = [
+        entry
+        for entry in index.by_endpoint.get(id(endpoint), ())
+        if entry.kind == "route" and entry.template.endswith(path_format)
+    ]
+    return found or None
 
 
 def _starlette_template(scope: Scope, router: Any, status: int | None) -> str | None:

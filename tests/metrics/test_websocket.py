@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from fastapi import APIRouter, FastAPI
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.routing import Mount, WebSocketRoute
@@ -358,3 +359,33 @@ async def test_constant_labels_are_on_every_websocket_family() -> None:
 def test_constant_labels_clashing_with_websocket_labels_are_refused() -> None:
     with pytest.raises(ValueError, match="outcome"):
         MetricsMiddleware(echo_app, registry=CollectorRegistry(), const_labels={"outcome": "x"})
+
+
+def fastapi_with_included_websocket() -> Starlette:
+    """FastAPI serves a websocket route of an included router through a copy it builds
+    for the inclusion; mounted under a Starlette ``Mount``, the label needs the prefix."""
+    api = FastAPI()
+    router = APIRouter(prefix="/v1")
+
+    @router.websocket("/chat/{cid}")
+    async def chat(websocket: WebSocket, cid: str) -> None:
+        await websocket.accept()
+        await websocket.send_text(cid)
+        await websocket.close()
+
+    api.include_router(router, prefix="/api")
+    return Starlette(routes=[Mount("/svc", app=api)])
+
+
+async def test_fastapi_included_router_websocket_gets_its_full_template(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    registry = CollectorRegistry()
+    app = MetricsMiddleware(fastapi_with_included_websocket(), registry=registry)
+    for cid in ("1", "2"):
+        await FakeConnection().run(app, ws_scope(f"/svc/api/v1/chat/{cid}"))
+    template = "/svc/api/v1/chat/{cid}"
+    assert label_values(registry, CONNECTIONS, "handler") == {template}
+    assert connections(registry, "accepted", template) == 2
+    assert messages(registry, "sent", template) == 2
+    assert "mount prefix is unknown" not in caplog.text
