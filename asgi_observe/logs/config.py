@@ -25,6 +25,7 @@ import asyncio
 import atexit
 import contextlib
 import logging
+import os
 import sys
 import threading
 from types import FrameType
@@ -96,7 +97,8 @@ class _Sink:
     ``io.StringIO``: no system call to save, and tests read it right after logging).
     Nothing buffered is lost: the buffer is also written by `configure_logging` before
     it replaces this sink, by ``logging.shutdown`` (the root handler's ``flush``) and at
-    interpreter exit (``atexit``).
+    interpreter exit (``atexit``); nothing is written twice: a forked child forgets
+    what its parent buffered.
     """
 
     def __init__(self, stream: TextIO | None, lock: threading.RLock) -> None:
@@ -150,6 +152,10 @@ class _Sink:
         """Write the buffered lines, if any (the scheduled callback, and at exit)."""
         with self.lock:
             self._flush_locked()
+
+    def forget(self) -> None:
+        """Drop the buffered lines unwritten (in a forked child: they are its parent's)."""
+        self._lines, self._size, self._writer_loop = [], 0, None
 
     def _write_locked(self, stream: TextIO, line: str) -> None:
         if self._lines:
@@ -257,6 +263,14 @@ def _flush_at_exit() -> None:
 
 
 atexit.register(_flush_at_exit)
+
+
+def _forget_in_child() -> None:
+    """A forked child drops the lines its parent buffered: the parent writes them."""
+    _state.sink.forget()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
 
 
 class StreamLogger:

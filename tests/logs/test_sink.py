@@ -302,6 +302,28 @@ def test_logging_shutdown_writes_the_batch() -> None:
     assert [json.loads(line)["event"] for line in result.stdout.splitlines()] == ["before shutdown"]
 
 
+def test_a_forked_child_does_not_write_its_parents_batch() -> None:
+    result = _run("""
+        import asyncio, logging, os
+        from asgi_observe.logs.config import configure_logging, get_logger
+
+        async def main():
+            get_logger("app").info("before the fork")  # buffered in the parent
+            pid = os.fork()
+            if pid == 0:
+                logging.getLogger("child").warning("in the child")  # writes what it buffered
+                os._exit(0)
+            os.waitpid(pid, 0)
+            await asyncio.sleep(0)
+
+        configure_logging()
+        asyncio.run(main())
+    """)
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line)["event"] for line in result.stdout.splitlines()]
+    assert sorted(events) == ["before the fork", "in the child"]
+
+
 APP_MODULE = """
 import asyncio, os, signal
 
