@@ -12,8 +12,9 @@ What it shows, end to end:
   so the breaker opens;
 - a per-client rate limit answering 429;
 - readiness checks for the database, Redis (when configured) and the disk;
-- every metric of the seed document, ``baliblissed_*`` included, plus JSON logs in
-  production and traces exported when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set.
+- the HTTP, health-check and ``baliblissed_*`` application and system metrics, JSON logs
+  in production and traces exported when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set;
+- ``GET /``, an index of every endpoint above (the first URL ``make run`` prints).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.routing import APIRoute
 from prometheus_client import REGISTRY, CollectorRegistry
 from pydantic import BaseModel, Field
 from sqlalchemy import text
@@ -288,7 +290,16 @@ def build_api(
     api.state.engine = engine
     api.state.breaker = breaker
 
-    @api.get("/destinations")
+    @api.get("/", include_in_schema=False)
+    async def index(request: Request) -> dict[str, Any]:
+        """What this service serves, so the first URL `make run` prints answers 200."""
+        return {
+            "service": settings.service_name,
+            "version": api.version,
+            "endpoints": service_index(api, settings, request.scope.get("root_path", "")),
+        }
+
+    @api.get("/destinations", summary="Every destination, from the database")
     async def list_destinations() -> list[dict[str, str]]:
         async with engine.connect() as connection:
             rows = await connection.execute(
@@ -296,7 +307,7 @@ def build_api(
             )
             return [{"slug": slug, "name": name} for slug, name in rows]
 
-    @api.get("/destinations/{slug}")
+    @api.get("/destinations/{slug}", summary="One destination, through the cache")
     async def destination(slug: str) -> dict[str, str]:
         cached = await cache.get(f"destination:{slug}")
         if cached is not None:
@@ -314,11 +325,56 @@ def build_api(
         await cache.set(f"destination:{slug}", f"{row[0]}|{row[1]}")
         return {"slug": slug, "name": row[0], "summary": row[1]}
 
-    @api.post("/itineraries", status_code=201)
+    @api.post(
+        "/itineraries",
+        status_code=201,
+        summary='An itinerary from the simulated AI model: {"destination": "ubud", "days": 3}',
+    )
     async def itinerary(body: ItineraryRequest, request: Request) -> dict[str, Any]:
         return await planner.plan(body, request.client.host if request.client else "unknown")
 
     return api
+
+
+def service_index(api: FastAPI, settings: Settings, root_path: str = "") -> list[dict[str, str]]:
+    """The endpoints of the instrumented service: the app's own routes, then what
+    `instrument()` serves (metrics unless disabled or moved to the internal port, probes).
+
+    Read from the router at request time, so the index cannot drift from the routes.
+    """
+    entries = [
+        {"method": method, "path": root_path + route.path, "summary": route.summary or route.name}
+        for route in api.routes
+        if isinstance(route, APIRoute) and route.include_in_schema
+        for method in sorted(route.methods or ())
+    ]
+    if api.docs_url:
+        entries.append(
+            {"method": "GET", "path": root_path + api.docs_url, "summary": "Interactive API docs"}
+        )
+    if api.openapi_url:
+        entries.append(
+            {"method": "GET", "path": root_path + api.openapi_url, "summary": "OpenAPI schema"}
+        )
+    if settings.enable_metrics and settings.metrics_internal_port is None:
+        entries += [
+            {"method": "GET", "path": f"{root_path}/metrics", "summary": "Prometheus metrics"},
+            {
+                "method": "GET",
+                "path": f"{root_path}/metrics/legacy",
+                "summary": "The metrics as a JSON snapshot",
+            },
+        ]
+    entries += [
+        {"method": "GET", "path": f"{root_path}/health{path}", "summary": summary}
+        for path, summary in (
+            ("", "Service information and status"),
+            ("/live", "Liveness probe: touches no dependency"),
+            ("/ready", "Readiness probe: database, Redis, disk"),
+            ("/startup", "Startup probe"),
+        )
+    ]
+    return entries
 
 
 def build_health(
@@ -355,7 +411,7 @@ def create_app(
     """The uvicorn factory: configuration comes from the environment."""
     settings = Settings.from_env() if settings is None else settings
     if settings.service_name == Settings().service_name:
-        # The seed's default service name, unless OTEL_SERVICE_NAME says otherwise.
+        # The example's own service name, unless OTEL_SERVICE_NAME says otherwise.
         settings = dataclasses.replace(settings, service_name=SERVICE_NAME)
     registry = REGISTRY if registry is None else registry
     ai_failure = ai_failure_from_env() if ai_failure is None else ai_failure

@@ -28,14 +28,22 @@ compose() {
 
 case "${1:-serve}" in
   serve)
+    # The first URL is the example's index of its endpoints and must answer 200:
+    # tests/test_docs.py requests every URL printed here, scripts/smoke_make_run.sh the
+    # first one and /docs.
     cat <<INFO
 asgi_observe example: ${APP}
-  app        http://${HOST}:${PORT}/
+  index      http://${HOST}:${PORT}/   (every endpoint of the example, as JSON)
   metrics    http://${HOST}:${PORT}/metrics   (legacy JSON: /metrics/legacy)
   health     http://${HOST}:${PORT}/health   /health/live   /health/ready   /health/startup
-  API docs   http://${HOST}:${PORT}/docs
-  stack      make stack-up   (Prometheus :9090, Grafana :3000 admin/admin, Jaeger :16686)
 INFO
+    # Only FastAPI apps serve interactive API docs.
+    case "${APP}" in
+      examples.baliblissed:* | examples.fastapi_app:*)
+        echo "  API docs   http://${HOST}:${PORT}/docs"
+        ;;
+    esac
+    echo "  stack      make stack-up   (Prometheus :9090, Grafana :3000 admin/admin, Jaeger :16686)"
     exec .venv/bin/uvicorn --factory "${APP}" --host "${HOST}" --port "${PORT}" --no-access-log
     ;;
   start)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Smoke test of the README's first command: from a fresh clone, `make run` must install
-# everything and serve the example until /health/live answers. Used by .ci/run.
+# everything and serve the example until /health/live answers; then the first URL the
+# banner prints (the index) and /docs must answer 200. Used by .ci/run.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d)
@@ -22,6 +23,25 @@ for _ in $(seq 1 600); do
       exit 1
     fi
     echo
+    # The first URL the banner prints (the example's index) must answer 200, and so must
+    # the API docs when the banner names them.
+    banner_urls=$(sed -n '/^asgi_observe example:/,$p' "$work/run.log" | grep -o 'http://[^ )]*' || true)
+    first_url=$(printf '%s\n' "$banner_urls" | head -n 1)
+    for url in "$first_url" $(printf '%s\n' "$banner_urls" | grep '/docs$' || true); do
+      if [ -z "$url" ]; then
+        echo "make run: the banner printed no URL" >&2
+        cat "$work/run.log" >&2
+        exit 1
+      fi
+      code=$(curl -sS -o "$work/body" -w '%{http_code}' "$url" || true)
+      if [ "$code" != 200 ]; then
+        echo "make run: $url answered $code, not 200" >&2
+        cat "$work/body" >&2 2>/dev/null || true
+        cat "$work/run.log" >&2
+        exit 1
+      fi
+      echo "make run: $url answered 200"
+    done
     kill -- "-$pid" 2>/dev/null || true
     exit 0
   fi
