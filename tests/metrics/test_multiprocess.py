@@ -140,10 +140,16 @@ def get_pid(url: str) -> int:
 @pytest.mark.slow
 def test_uvicorn_workers_aggregate_and_dead_workers_are_swept(tmp_path: Path) -> None:
     with uvicorn_workers(tmp_path) as (url, _):
+        # The kernel decides which worker accepts a connection; on a loaded machine one
+        # worker can take long runs of them. Send batches until both have answered
+        # (bounded), then check the aggregate against the exact number sent.
+        pids: list[int] = []
         with ThreadPoolExecutor(max_workers=8) as pool:
-            pids = list(pool.map(get_pid, [f"{url}/hello"] * 200))
-        assert len(pids) == 200
+            while len(set(pids)) < 2 and len(pids) < 3000:
+                pids.extend(pool.map(get_pid, [f"{url}/hello"] * 100))
         served_by = set(pids)
+        assert len(served_by) >= 2, f"all {len(pids)} requests went to one worker: {served_by}"
+        sent = len(pids)
 
         # A worker records a request just after handing over its last body byte, so a
         # scrape can overtake the final few; poll for the scrape that sees them all.
@@ -153,7 +159,7 @@ def test_uvicorn_workers_aggregate_and_dead_workers_are_swept(tmp_path: Path) ->
             nonlocal samples
             samples = scrape(url)
             total = hello_total(samples)
-            assert total <= 200, total
+            assert total <= sent, total
             observed = sum(
                 v for labels, v in samples["http_request_duration_seconds_count"]
                 if labels["handler"] == "/hello"
@@ -162,10 +168,10 @@ def test_uvicorn_workers_aggregate_and_dead_workers_are_swept(tmp_path: Path) ->
                 v for labels, v in samples["http_requests_in_progress"]
                 if labels["handler"] == "/hello"
             )  # fmt: skip
-            return total == observed == 200 and in_progress == 0
+            return total == observed == sent and in_progress == 0
 
-        wait_until(scrape_sees_all, timeout=10, what="one scrape counting all 200 requests")
-        assert sum(v for _, v in samples["mp_cache_hits_total"]) == 200
+        wait_until(scrape_sees_all, timeout=10, what="one scrape counting every request sent")
+        assert sum(v for _, v in samples["mp_cache_hits_total"]) == sent
         # System gauges are computed once by the process answering, not once per worker.
         assert len(samples["mp_system_cpu_percent"]) == 1
         assert len(samples["mp_system_memory_percent"]) == 1
@@ -201,5 +207,4 @@ def test_uvicorn_workers_aggregate_and_dead_workers_are_swept(tmp_path: Path) ->
         )
         samples = scrape(url)
         assert not (tmp_path / f"gauge_livesum_{victim}.db").exists()
-        assert hello_total(samples) == 200  # the dead worker's requests still count
-    assert len(served_by) >= 2, f"all requests went to one worker: {served_by}"
+        assert hello_total(samples) == sent  # the dead worker's requests still count
