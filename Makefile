@@ -24,7 +24,7 @@ $(RUN_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[examples]'
 	touch $(RUN_STAMP)
 
-# Real Prometheus, Redis, PostgreSQL and wrk for the test suite (see docs/testing.md).
+# Real Prometheus, Redis, PostgreSQL and wrk for the test suite (see README: Development).
 realparts:
 	@bash scripts/install_realparts.sh
 	@bash scripts/install_grafana_schema.sh

@@ -36,6 +36,8 @@ APP_COMMAND = [
     "0.0.0.0",
     "--port",
     "8000",
+    # The library's access log replaces uvicorn's (README: logging).
+    "--no-access-log",
 ]
 _INTERPOLATION = re.compile(r"\$\{(\w+)(?::?-([^}]*))?\}")
 
