@@ -18,7 +18,6 @@ import httpx
 import psutil
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
@@ -47,19 +46,6 @@ def _unique(size: int = 8192) -> str:
 
 async def _hello(request: Request) -> PlainTextResponse:
     return PlainTextResponse("hello")
-
-
-@pytest.fixture
-def exporter() -> InMemorySpanExporter:
-    return InMemorySpanExporter()
-
-
-@pytest.fixture
-def provider(exporter: InMemorySpanExporter) -> Iterator[TracerProvider]:
-    provider = TracerProvider(shutdown_on_exit=False)  # parent-based: a sampled parent samples
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    yield provider
-    provider.shutdown()
 
 
 def _rss() -> int:

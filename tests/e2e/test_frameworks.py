@@ -30,7 +30,6 @@ from litestar import get as litestar_get
 from litestar.exceptions import HTTPException
 from litestar.params import FromPath
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import CollectorRegistry
@@ -235,19 +234,6 @@ def django_settings_for_tests() -> Iterator[None]:
         DEBUG_PROPAGATE_EXCEPTIONS=False,
     ):
         yield
-
-
-@pytest.fixture
-def exporter() -> InMemorySpanExporter:
-    return InMemorySpanExporter()
-
-
-@pytest.fixture
-def provider(exporter: InMemorySpanExporter) -> Iterator[TracerProvider]:
-    provider = TracerProvider(shutdown_on_exit=False)
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    yield provider
-    provider.shutdown()
 
 
 @pytest.fixture
