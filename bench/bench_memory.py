@@ -92,21 +92,7 @@ async def _drive(app: ASGIApp, start: int, count: int, paths: int) -> None:
         return None
 
     for i in range(start, start + count):
-        path = _path(i, paths)
-        scope: Scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "GET",
-            "scheme": "http",
-            "path": path,
-            "raw_path": path.encode(),
-            "root_path": "",
-            "query_string": b"",
-            "headers": [(b"host", b"bench.local"), (b"user-agent", b"bench/1.0")],
-            "client": ("127.0.0.1", 50000),
-            "server": ("127.0.0.1", 8000),
-        }
+        scope: Scope = {**make_scope(_path(i, paths)), "query_string": b""}  # paths vary alone
         await app(scope, receive, send)
 
 
