@@ -188,6 +188,10 @@ class AccessLogMiddleware:
         self._event = event
         self._queries: dict[bytes, str] = {}  # memoised redactions: caches, not request state
         self._agents: dict[bytes, str] = {}
+        # The peer's address as text, by the scope's client host: with no trusted proxy
+        # `client_ip` reads nothing else, and parsing and re-formatting the address
+        # costs more than the rest of the field (a handful of clients send most lines).
+        self._clients: dict[str, str | None] = {}
         self._report_lock = threading.Lock()
         self._next_report = 0.0
 
@@ -283,7 +287,7 @@ class AccessLogMiddleware:
                 "route": resolve_route(scope, self._route_resolver, status=status),
                 "status": status,
                 "duration_ms": round(elapsed * 1000.0, 3),
-                "client_ip": client_ip(scope, self._trusted),
+                "client_ip": self._client_ip(scope),
                 "user_agent": user_agent,
                 "response_size": size,
                 "request_id": request_id,
@@ -386,6 +390,23 @@ class AccessLogMiddleware:
             getattr(self._logger, level)(WEBSOCKET_EVENT, **fields)
         except Exception:
             self._report_failure()
+
+    def _client_ip(self, scope: Scope) -> str | None:
+        """`asgi_observe.net.client_ip`, memoised per peer host when no proxy is trusted."""
+        client = scope.get("client")
+        if self._trusted or type(client) not in {tuple, list} or not client:
+            return client_ip(scope, self._trusted)
+        host = client[0]
+        if type(host) is not str or len(host) > 64:  # longer than any address: parsed each time
+            return client_ip(scope, self._trusted)
+        try:
+            return self._clients[host]
+        except KeyError:
+            found = client_ip(scope, self._trusted)
+            if len(self._clients) >= 1024:
+                self._clients.clear()  # a flood of distinct peers cannot grow it
+            self._clients[host] = found
+            return found
 
     def _user_agent(self, scope: Scope) -> str | None:
         for name, value in scope.get("headers") or ():

@@ -409,6 +409,37 @@ async def test_trusted_proxies_decide_client_ip() -> None:
     assert [r[2]["client_ip"] for r in logger.records] == ["198.51.100.4", "203.0.113.5"]
 
 
+async def test_client_ip_of_each_peer_when_seen_again_and_with_forwarded_headers() -> None:
+    # The peer's address is memoised by host when no proxy is trusted: repeated and
+    # alternating peers, the normalised form, a malformed host and a forwarded header
+    # (ignored without trusted proxies) must give what `client_ip` gives each time.
+    logger = RecordingLogger()
+    middleware = AccessLogMiddleware(_app(), logger=logger)
+    forwarded = [(b"x-forwarded-for", b"6.6.6.6")]
+    peers: list[Any] = [
+        ("203.0.113.5", 1),
+        ("198.51.100.4", 2),
+        ("203.0.113.5", 3),
+        ["2001:DB8::0001", 4],
+        ("2001:DB8::0001", 5),
+        ("not an address", 6),
+        None,
+        ("198.51.100.4", 7),
+    ]
+    for peer in peers:
+        await _call(middleware, _scope("/items/1", headers=forwarded, client=peer))
+    assert [r[2]["client_ip"] for r in logger.records] == [
+        "203.0.113.5",
+        "198.51.100.4",
+        "203.0.113.5",
+        "2001:db8::1",
+        "2001:db8::1",
+        None,
+        None,
+        "198.51.100.4",
+    ]
+
+
 async def test_trace_and_span_ids_of_the_current_span() -> None:
     logger = RecordingLogger()
     tracer = TracerProvider().get_tracer("test")
