@@ -67,6 +67,22 @@ def wait_until(
     pytest.fail(f"timed out after {timeout}s waiting for {what}")
 
 
+def stop_process(
+    process: subprocess.Popen[Any], *, timeout: float, kill_timeout: float | None = None
+) -> None:
+    """Terminate `process` and reap it; kill it if it has not exited within `timeout` seconds.
+
+    A test's server must never outlive the test, whether it stops politely or not.
+    `kill_timeout` bounds the wait after the kill (None: wait as long as it takes).
+    """
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=kill_timeout)
+
+
 @dataclass
 class RunningServer:
     host: str
@@ -224,12 +240,7 @@ def run_prometheus(
         )
         yield prom
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        stop_process(process, timeout=10, kill_timeout=10)
         log.close()
         shutil.rmtree(workdir, ignore_errors=True)
 

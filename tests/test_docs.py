@@ -44,7 +44,7 @@ from typing import Any
 import pytest
 
 from asgi_observe.types import ASGIApp, Message, Receive, Scope, Send
-from tests.support import free_port, http_get, require, wait_until
+from tests.support import free_port, http_get, require, stop_process, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = (ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")))
@@ -638,12 +638,7 @@ def test_every_url_make_run_prints_answers_200(tmp_path: Path) -> None:
             status, _, body = http_get(f"http://127.0.0.1:{port}{path}")
             assert status == 200, f"{path}: {status} {body[:300]!r}"
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout=30)
         drainer.join(timeout=30)
         assert process.stdout is not None
         process.stdout.close()

@@ -24,7 +24,14 @@ import pytest
 
 from tests.assets.promql import DASHBOARDS, REPO, alert_rules, all_panels, load, substitute
 from tests.deploy.promql_checks import check_aggregates_across, label_values, query_at, restrict
-from tests.support import Prometheus, free_port, http_get, run_prometheus, wait_until
+from tests.support import (
+    Prometheus,
+    free_port,
+    http_get,
+    run_prometheus,
+    stop_process,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.realparts, pytest.mark.slow]
 
@@ -91,12 +98,7 @@ def example(tmp_path: Path, name: str, *, ai_failure: bool) -> Iterator[Instance
         instance.sent += 1  # the liveness poll that answered 200 is a counted request
         yield instance
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+        stop_process(process, timeout=15, kill_timeout=5)
 
 
 def drive(a: Instance, b: Instance) -> None:

@@ -29,7 +29,7 @@ from starlette.routing import Route
 
 from asgi_observe import HealthApp, Settings, instrument
 from asgi_observe.types import ASGIApp, Receive, Scope, Send
-from tests.support import free_port, http_get, wait_until
+from tests.support import free_port, http_get, stop_process, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 LOG_FORMAT = "%(levelname)s %(name)s [%(process)d] %(message)s"
@@ -144,12 +144,7 @@ def serve(
         yield server
     finally:
         if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
+            stop_process(process, timeout=20, kill_timeout=10)
         kill_group(process)
 
 

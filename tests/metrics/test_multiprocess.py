@@ -22,7 +22,7 @@ from asgi_observe.metrics.multiprocess import (
     on_starting,
     sweep_dead_workers,
 )
-from tests.support import free_port, http_get, wait_until
+from tests.support import free_port, http_get, stop_process, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -108,12 +108,7 @@ def uvicorn_workers(
         wait_until(answering, timeout=30, what="uvicorn workers", interval=0.1)
         yield url, process
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout=15)
 
 
 def scrape(url: str) -> dict[str, list[tuple[dict[str, str], float]]]:
