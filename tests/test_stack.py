@@ -18,7 +18,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from asgi_observe import Settings, instrument
-from asgi_observe._lifespan import LifespanHooks, StartupAbortedError
+from asgi_observe._lifespan import Hook, LifespanHooks, StartupAbortedError
 from asgi_observe.types import Message, Receive, Scope, Send
 from tests.metrics.helpers import value
 from tests.support import drive_lifespan
@@ -241,17 +241,24 @@ async def test_a_foreign_process_on_the_internal_port_stops_start_up(
     assert "METRICS_INTERNAL_PORT" in sent[0]["message"]
 
 
-async def test_an_aborting_hook_closes_what_earlier_hooks_opened() -> None:
-    events: list[str] = []
+def recording_hooks(events: list[str]) -> tuple[Hook, Hook]:
+    """A start-up hook that records "opened" and a shutdown hook that records "closed"."""
 
     async def opens() -> None:
         events.append("opened")
 
-    async def aborts() -> None:
-        raise StartupAbortedError("METRICS_INTERNAL_PORT: taken")
-
     async def closes() -> None:
         events.append("closed")
+
+    return opens, closes
+
+
+async def test_an_aborting_hook_closes_what_earlier_hooks_opened() -> None:
+    events: list[str] = []
+    opens, closes = recording_hooks(events)
+
+    async def aborts() -> None:
+        raise StartupAbortedError("METRICS_INTERNAL_PORT: taken")
 
     hooks = LifespanHooks(raw_app, startup=[opens, aborts], shutdown=[closes])
     sent = await drive_lifespan(hooks, ("lifespan.startup",))
@@ -280,12 +287,7 @@ async def test_shutdown_hooks_run_when_the_app_start_up_fails() -> None:
 
 async def test_an_app_raising_after_taking_startup_fails_start_up() -> None:
     events: list[str] = []
-
-    async def opens() -> None:
-        events.append("opened")
-
-    async def closes() -> None:
-        events.append("closed")
+    opens, closes = recording_hooks(events)
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         await receive()  # it speaks lifespan...
@@ -309,12 +311,7 @@ async def test_an_app_raising_after_taking_startup_fails_start_up() -> None:
 
 async def test_only_an_app_raising_before_receiving_is_lifespan_unsupported() -> None:
     events: list[str] = []
-
-    async def opens() -> None:
-        events.append("opened")
-
-    async def closes() -> None:
-        events.append("closed")
+    opens, closes = recording_hooks(events)
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
