@@ -832,3 +832,58 @@ async def test_spans_with_untrusted_host_ports_are_accepted_by_an_otlp_exporter(
     for span in spans:
         assert span.attributes["http.route"] == "/items/{item_id}"
         assert span.attributes["http.response.status_code"] == 200
+
+
+async def test_client_address_of_each_peer_when_seen_again(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    # ``client.address`` is memoised by peer host when no proxy is trusted: repeated and
+    # alternating peers, the normalised form and a malformed host must each give what
+    # the rule of `asgi_observe.net` gives; X-Forwarded-For stays ignored.
+    app = TracingMiddleware(starlette_app(), tracer_provider=provider)
+    peers: list[object] = [
+        ("203.0.113.5", 1),
+        ("198.51.100.4", 2),
+        ("203.0.113.5", 3),
+        ["2001:DB8::0001", 4],
+        ("2001:DB8::0001", 5),
+        ("not an address", 6),
+        None,
+        ("198.51.100.4", 7),
+    ]
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        return None
+
+    for number, peer in enumerate(peers):
+        scope: Scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "http",
+            "path": f"/items/{number}",
+            "raw_path": f"/items/{number}".encode(),
+            "root_path": "",
+            "query_string": b"",
+            "headers": [(b"host", b"testserver"), (b"x-forwarded-for", b"6.6.6.6")],
+            "client": peer,
+            "server": ("127.0.0.1", 8000),
+        }
+        await app(scope, receive, send)
+    spans = sorted(
+        server_spans(exporter), key=lambda span: str((span.attributes or {})["url.path"])
+    )
+    assert [(span.attributes or {}).get("client.address") for span in spans] == [
+        "203.0.113.5",
+        "198.51.100.4",
+        "203.0.113.5",
+        "2001:db8::1",
+        "2001:db8::1",
+        None,
+        None,
+        "198.51.100.4",
+    ]
