@@ -1,4 +1,5 @@
-"""Test helpers for logging: save and restore the process-wide logging state.
+"""Test helpers for logging: save and restore the process-wide logging state, and
+a logger that records what the access log hands it (`RecordingLogger`).
 
 `configure_logging` changes global state (structlog's configuration, the root logger,
 server loggers); tests that call it must leave the process as they found it, because
@@ -54,3 +55,19 @@ def json_logs(restore_logging: None) -> io.StringIO:
 def lines(stream: io.StringIO) -> list[dict[str, Any]]:
     """Every line of `stream` parsed as one JSON object (fails on any other line)."""
     return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+class RecordingLogger:
+    """Collects (level, event, fields) like a structlog logger would receive them."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[str, str, dict[str, Any]]] = []
+
+    def info(self, event: str, **fields: Any) -> None:
+        self.records.append(("info", event, fields))
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self.records.append(("warning", event, fields))
+
+    def error(self, event: str, **fields: Any) -> None:
+        self.records.append(("error", event, fields))

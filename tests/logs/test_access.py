@@ -35,7 +35,7 @@ from asgi_observe.logs.config import configure_logging
 from asgi_observe.request_id import RequestIdMiddleware
 from asgi_observe.settings import Settings
 from asgi_observe.types import ASGIApp, Message, Receive, Scope, Send
-from tests.logs.support import json_logs, lines, restore_logging
+from tests.logs.support import RecordingLogger, json_logs, lines, restore_logging
 from tests.support import http_get, run_uvicorn
 
 __all__ = ["json_logs", "restore_logging"]  # fixtures used below
@@ -53,22 +53,6 @@ FIELDS = {
     "trace_id",
     "span_id",
 }
-
-
-class RecordingLogger:
-    """Collects (level, event, fields) like a structlog logger would receive them."""
-
-    def __init__(self) -> None:
-        self.records: list[tuple[str, str, dict[str, Any]]] = []
-
-    def info(self, event: str, **fields: Any) -> None:
-        self.records.append(("info", event, fields))
-
-    def warning(self, event: str, **fields: Any) -> None:
-        self.records.append(("warning", event, fields))
-
-    def error(self, event: str, **fields: Any) -> None:
-        self.records.append(("error", event, fields))
 
 
 def _app() -> ASGIApp:

@@ -16,7 +16,7 @@ from asgi_observe.logs.access import WEBSOCKET_EVENT, WEBSOCKET_FIELD_NAMES, Acc
 from asgi_observe.request_id import RequestIdMiddleware
 from asgi_observe.tracing import TracingMiddleware
 from asgi_observe.types import ASGIApp, Message
-from tests.logs.support import json_logs, lines, restore_logging
+from tests.logs.support import RecordingLogger, json_logs, lines, restore_logging
 from tests.websocket_support import (
     AppError,
     FakeConnection,
@@ -36,22 +36,6 @@ from tests.websocket_support import (
 __all__ = ["json_logs", "restore_logging"]  # fixtures used below
 
 ROUTE = "/ws/{room}"
-
-
-class RecordingLogger:
-    """Collects (level, event, fields) like a structlog logger would receive them."""
-
-    def __init__(self) -> None:
-        self.records: list[tuple[str, str, dict[str, Any]]] = []
-
-    def info(self, event: str, **fields: Any) -> None:
-        self.records.append(("info", event, fields))
-
-    def warning(self, event: str, **fields: Any) -> None:
-        self.records.append(("warning", event, fields))
-
-    def error(self, event: str, **fields: Any) -> None:
-        self.records.append(("error", event, fields))
 
 
 def only_line(logger: RecordingLogger) -> tuple[str, dict[str, Any]]:
