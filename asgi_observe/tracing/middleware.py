@@ -389,15 +389,7 @@ class TracingMiddleware:
         agent: bytes | None,
     ) -> None:
         """The app under a sampled span: attributes, hooks, status, exception, end."""
-        # Built now (the app may rewrite the scope) but set once, with the response's, at
-        # the end: one validation pass in the SDK instead of two.
-        try:
-            attributes = self._request_attributes(scope, name, host, agent)
-        except Exception:
-            report_once("attributes", "asgi_observe: building span attributes failed")
-            attributes = {}
-        if self._server_request_hook is not None:
-            self._call_hook("server_request_hook", self._server_request_hook, span, scope)
+        attributes = self._opened(span, scope, name, host, agent, websocket=False)
         status = 0
         trace_header = self._traceresponse_value(span) if self._traceresponse else None
         capture_response = self._capture_response
@@ -479,14 +471,7 @@ class TracingMiddleware:
         agent: bytes | None,
     ) -> None:
         """The connection under a sampled span: attributes, hooks, close code, end."""
-        try:
-            attributes = self._request_attributes(scope, name, host, agent)
-            del attributes["http.request.method"]  # a websocket scope has no method
-        except Exception:
-            report_once("attributes", "asgi_observe: building span attributes failed")
-            attributes = {}
-        if self._server_request_hook is not None:
-            self._call_hook("server_request_hook", self._server_request_hook, span, scope)
+        attributes = self._opened(span, scope, name, host, agent, websocket=True)
         session = WebSocketSession()
         request_hook = self._client_request_hook
         response_hook = self._client_response_hook
@@ -548,6 +533,32 @@ class TracingMiddleware:
             attributes["error.type"] = str(status)
             span.set_status(Status(_ERROR))
         span.set_attributes(attributes)
+
+    def _opened(
+        self,
+        span: trace.Span,
+        scope: Scope,
+        name: str,
+        host: bytes | None,
+        agent: bytes | None,
+        *,
+        websocket: bool,
+    ) -> dict[str, types.AttributeValue]:
+        """A sampled span's request attributes, then the user's ``server_request_hook``.
+
+        Built when the request starts (the app may rewrite the scope) but set once, with
+        the response's, at the end: one validation pass in the SDK instead of two.
+        """
+        try:
+            attributes = self._request_attributes(scope, name, host, agent)
+            if websocket:
+                del attributes["http.request.method"]  # a websocket scope has no method
+        except Exception:
+            report_once("attributes", "asgi_observe: building span attributes failed")
+            attributes = {}
+        if self._server_request_hook is not None:
+            self._call_hook("server_request_hook", self._server_request_hook, span, scope)
+        return attributes
 
     def _receive_for(self, span: trace.Span, scope: Scope, receive: Receive) -> Receive:
         hook = self._client_request_hook
