@@ -13,7 +13,7 @@ import logging
 import re
 import threading
 import time
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from random import getrandbits
 from typing import Any, Protocol
 
@@ -24,12 +24,16 @@ from asgi_observe.types import ASGIApp, Message, Receive, Scope, Send
 __all__ = [
     "DEFAULT_HEADER",
     "SCOPE_KEY",
+    "RequestContextTokens",
     "RequestIdGenerator",
     "RequestIdMiddleware",
     "RequestIdValidator",
+    "bind_request_context",
     "generate_request_id",
     "get_request_id",
     "is_valid_request_id",
+    "reset_request_context",
+    "with_request_id_header",
 ]
 
 logger = logging.getLogger("asgi_observe")
@@ -211,6 +215,26 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send)
             return
 
+        request_id, header = self.assign(scope)
+        wanted = self._header
+        start_type = "http.response.start" if kind == "http" else "websocket.accept"
+
+        async def send_with_request_id(message: Message) -> None:
+            if message["type"] == start_type:
+                message = with_request_id_header(message, header, wanted)
+            await send(message)
+
+        tokens = bind_request_context(request_id)
+        try:
+            await self.app(scope, receive, send_with_request_id)
+        finally:
+            reset_request_context(tokens)
+
+    def assign(self, scope: Scope) -> tuple[str, tuple[bytes, bytes]]:
+        """Choose the request's id, record it in the scope; (id, response header to echo).
+
+        `instrument()`'s one-layer path calls this too, so both paths choose alike.
+        """
         wanted = self._header
         raw = None
         for name, value in scope.get("headers") or ():
@@ -226,25 +250,34 @@ class RequestIdMiddleware:
                 self._warn_invalid(self.header_name, raw)
             request_id = self._generate()
         scope[SCOPE_KEY] = request_id
-        header = (self._header, request_id.encode("latin-1"))
-        start_type = "http.response.start" if kind == "http" else "websocket.accept"
+        return request_id, (wanted, request_id.encode("latin-1"))
 
-        async def send_with_request_id(message: Message) -> None:
-            if message["type"] == start_type:
-                headers = message.get("headers") or ()
-                # An id the app set itself wins, in any letter case: the ASGI spec asks
-                # for lowercase names, but servers pass what apps send onto the wire,
-                # and two X-Request-ID headers would confuse every proxy and client.
-                if not any(_is_header(name, wanted) for name, _ in headers):
-                    # A new list and message: frameworks may reuse the headers list of a
-                    # response object, which must not grow with every request.
-                    message = {**message, "headers": [*headers, header]}
-            await send(message)
 
-        token = request_id_var.set(request_id)
-        structlog_token = _structlog_var.set(request_id)
-        try:
-            await self.app(scope, receive, send_with_request_id)
-        finally:
-            _structlog_var.reset(structlog_token)
-            request_id_var.reset(token)
+RequestContextTokens = tuple[Token[str | None], Token[Any]]
+"""What `bind_request_context` returns and `reset_request_context` takes."""
+
+
+def bind_request_context(request_id: str) -> RequestContextTokens:
+    """Set the id in `get_request_id()` and in structlog's contextvars, for one request."""
+    return request_id_var.set(request_id), _structlog_var.set(request_id)
+
+
+def reset_request_context(tokens: RequestContextTokens) -> None:
+    """Undo `bind_request_context` when the request ends."""
+    _structlog_var.reset(tokens[1])
+    request_id_var.reset(tokens[0])
+
+
+def with_request_id_header(message: Message, header: tuple[bytes, bytes], wanted: bytes) -> Message:
+    """`message` (a response start) with the request-id `header` added, unless the app set it.
+
+    An id the app set itself wins, in any letter case: the ASGI spec asks for lowercase
+    names, but servers pass what apps send onto the wire, and two X-Request-ID headers
+    would confuse every proxy and client. A new list and message are made: frameworks
+    may reuse the headers list of a response object, which must not grow per request.
+    """
+    headers = message.get("headers") or ()
+    for name, _ in headers:
+        if name == wanted or _is_header(name, wanted):
+            return message
+    return {**message, "headers": [*headers, header]}

@@ -197,10 +197,8 @@ class MetricsMiddleware:
         self._children: dict[tuple[str, int, str, tuple[str, ...]], _Children] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] != "http"
-            or (self._exclude and relative_path(scope) in self._exclude)
-            or (self._exclude_methods and scope.get("method") in self._exclude_methods)
+        if scope["type"] != "http" or (
+            (self._exclude or self._exclude_methods) and self.excludes(scope, relative_path(scope))
         ):
             if scope["type"] == "websocket" and not (
                 self._exclude and relative_path(scope) in self._exclude
@@ -236,64 +234,105 @@ class MetricsMiddleware:
                     # Record before the last byte leaves: a client that has read its
                     # response and then scrapes must find its request counted.
                     recorded = True
-                    self._record_safely(scope, status, perf_counter() - start, received, sent)
+                    self.record_request(scope, status, perf_counter() - start, received, sent)
             elif kind == "http.response.start":
                 status = message["status"]
             await send(message)
 
-        in_flight = self._metrics.in_flight
-        gauges = self._metrics.in_progress_gauges
-        key = id(scope)
+        counted = self.begin_request(scope)
         downstream: Send = send_recording_response
-        counted: list[Gauge] = []
-        if in_flight is not None:
-            in_flight.active[key] = (scope, self._label_values)
-        elif gauges:
-            downstream = self._counting_in_progress(scope, send_recording_response, gauges, counted)
+        if counted is not None:
+            downstream = self._counting_in_progress(scope, send_recording_response, counted)
         try:
             await self.app(scope, receive_counting_bytes, downstream)
         finally:  # on an app exception: 500, or the status already sent
-            if in_flight is not None:
-                in_flight.active.pop(key, None)
-            for child in counted:
-                child.dec()
+            self.end_request(scope, counted)
             if not recorded:
-                self._record_safely(scope, status or 500, perf_counter() - start, received, sent)
+                self.record_request(scope, status or 500, perf_counter() - start, received, sent)
 
-    def _record_safely(
-        self, scope: Scope, status: int, duration: float, received: int, sent: int
+    def record_request(  # noqa: PLR0917 - what one finished request is
+        self,
+        scope: Scope,
+        status: int,
+        duration: float,
+        received: int,
+        sent: int,
+        span_context: trace.SpanContext | None = None,
     ) -> None:
+        """Record one finished request; never raises (a failure is logged).
+
+        `span_context` is the request span's, when the caller holds it (`instrument()`'s
+        one-layer path); by default the current span's is looked up.
+        """
         try:
-            self._record(scope, status, duration, received, sent)
+            self._record(scope, status, duration, received, sent, span_context)
         except Exception:
             logger.exception("asgi_observe: failed to record HTTP metrics")
 
-    def _counting_in_progress(
-        self, scope: Scope, send: Send, gauges: tuple[Gauge, ...], counted: list[Gauge]
-    ) -> Send:
-        """Multiprocess mode: count the request in progress once its route is known.
+    def excludes(self, scope: Scope, path: str) -> bool:
+        """Whether the HTTP request `scope`, at `path` below ``root_path``, is not measured."""
+        return path in self._exclude or (
+            bool(self._exclude_methods) and scope.get("method") in self._exclude_methods
+        )
+
+    def begin_request(self, scope: Scope) -> list[Gauge] | None:
+        """Count `scope` in progress; returns the list `count_in_progress` fills in
+        multiprocess mode (None otherwise). Pair every call with `end_request`.
+
+        In-process the request is counted at once (`InFlight` groups requests by route at
+        scrape time); a multiprocess livesum gauge needs the route, known only when the
+        response starts, so there the request is counted then (`count_in_progress`).
+        """
+        in_flight = self._metrics.in_flight
+        if in_flight is not None:
+            in_flight.active[id(scope)] = (scope, self._label_values)
+            return None
+        return [] if self._metrics.in_progress_gauges else None
+
+    def count_in_progress(self, scope: Scope, status: int | None, counted: list[Gauge]) -> None:
+        """Multiprocess mode: count the request in progress once its route is known."""
+        if counted:
+            return
+        template = resolve_route(scope, self._resolver, status=status)
+        handler = unmatched_label(scope) if template is None else self._handlers.bound(template)
+        values = (*self._label_values(scope), *self._const)
+        method = normalize_method(scope.get("method"))
+        for gauge in self._metrics.in_progress_gauges:
+            child = gauge.labels(method, handler, *values)
+            child.inc()
+            counted.append(child)
+
+    def end_request(self, scope: Scope, counted: list[Gauge] | None) -> None:
+        """Undo `begin_request` (and `count_in_progress`) when the request ends."""
+        in_flight = self._metrics.in_flight
+        if in_flight is not None:
+            in_flight.active.pop(id(scope), None)
+        for child in counted or ():
+            child.dec()
+
+    def _counting_in_progress(self, scope: Scope, send: Send, counted: list[Gauge]) -> Send:
+        """Multiprocess mode: `count_in_progress` as the response starts.
 
         A livesum gauge needs its labels when it is incremented, and the route is known
         only when the response starts; the gauge therefore covers the response phase.
-        The caller decrements what `counted` holds when the app returns or raises.
         """
 
         async def send_counting_progress(message: Message) -> None:
-            if message["type"] == "http.response.start" and not counted:
-                template = resolve_route(scope, self._resolver, status=message.get("status"))
-                handler = (
-                    unmatched_label(scope) if template is None else self._handlers.bound(template)
-                )
-                values = (*self._label_values(scope), *self._const)
-                for gauge in gauges:
-                    child = gauge.labels(normalize_method(scope.get("method")), handler, *values)
-                    child.inc()
-                    counted.append(child)
+            if message["type"] == "http.response.start":
+                self.count_in_progress(scope, message.get("status"), counted)
             await send(message)
 
         return send_counting_progress
 
-    def _record(self, scope: Scope, status: int, duration: float, received: int, sent: int) -> None:
+    def _record(  # noqa: PLR0917 - record_request's arguments
+        self,
+        scope: Scope,
+        status: int,
+        duration: float,
+        received: int,
+        sent: int,
+        span_context: trace.SpanContext | None,
+    ) -> None:
         method = normalize_method(scope.get("method"))
         template = resolve_route(scope, self._resolver, status=status)
         handler = unmatched_label(scope) if template is None else self._handlers.bound(template)
@@ -302,7 +341,8 @@ class MetricsMiddleware:
         if children is None:
             children = self._make_children(method, status, handler, values)
         requests, duration_h, request_h, response_h, highr = children
-        span_context = trace.get_current_span().get_span_context()
+        if span_context is None:
+            span_context = trace.get_current_span().get_span_context()
         if span_context.trace_flags & _SAMPLED and span_context.is_valid:
             exemplar = {"trace_id": format(span_context.trace_id, "032x")}
             # Exemplars go where an operator jumps from a graph to a trace (request rate,
