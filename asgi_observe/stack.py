@@ -26,6 +26,7 @@ from asgi_observe.metrics.exposition import metrics_app
 from asgi_observe.metrics.http import LabelFunction, MetricsMiddleware
 from asgi_observe.metrics.internal import InternalMetricsServer
 from asgi_observe.metrics.legacy import legacy_metrics_app
+from asgi_observe.pipeline import RequestPipeline
 from asgi_observe.request_id import RequestIdMiddleware
 from asgi_observe.routes import ROUTE_SCOPE_KEY, SUBROUTE_SCOPE_KEY, RouteResolver
 from asgi_observe.settings import DEFAULT_EXCLUDED_URLS, Settings
@@ -117,15 +118,21 @@ class ObservedApp:
         settings: Settings,
         registry: CollectorRegistry,
         tracer_provider: TracerProvider | Any,
+        pipeline: ASGIApp | None = None,
     ) -> None:
         self.stack = stack
+        # HTTP requests skip the lifespan layer, which only acts on lifespan scopes.
+        self.pipeline = stack if pipeline is None else pipeline
         self.app = app
         self.settings = settings
         self.registry = registry
         self.tracer_provider = tracer_provider
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.stack(scope, receive, send)
+        if scope["type"] == "http":
+            await self.pipeline(scope, receive, send)
+        else:
+            await self.stack(scope, receive, send)
 
 
 def _starting_listener(server: InternalMetricsServer, *, shared: bool) -> Hook:
@@ -298,15 +305,17 @@ def instrument(
     if isinstance(health, HealthApp):  # mounted here, it never sees a lifespan of its own
         shutdown.append(health.aclose)
 
-    stack: ASGIApp = PathDispatch(app, endpoints=endpoints, health=health)
-    stack = AccessLogMiddleware(
-        stack,
+    dispatch = PathDispatch(app, endpoints=endpoints, health=health)
+    access = AccessLogMiddleware(
+        dispatch,
         trusted_proxies=settings.trusted_proxies,
         route_resolver=route_resolver,
         exclude_paths=settings.access_log_exclude_paths,
     )
+    stack: ASGIApp = access
+    metrics: MetricsMiddleware | None = None
     if settings.enable_metrics:
-        stack = MetricsMiddleware(
+        stack = metrics = MetricsMiddleware(
             stack,
             registry=registry,
             namespace=settings.metrics_namespace,
@@ -319,11 +328,12 @@ def instrument(
             const_labels=settings.metrics_labels,
             instrumentator_compat=settings.metrics_instrumentator_compat,
         )
+    tracing: TracingMiddleware | None = None
     if not settings.sdk_disabled:  # OTEL_SDK_DISABLED: no spans, nothing else changes
         # The built-in exclusions are exact paths (``/healthcare`` stays traced); patterns
         # set through OTEL_PYTHON_*EXCLUDED_URLS keep opentelemetry-util-http's meaning.
         default_exclusions = settings.excluded_urls == DEFAULT_EXCLUDED_URLS
-        stack = TracingMiddleware(
+        stack = tracing = TracingMiddleware(
             stack,
             tracer_provider=provider,
             excluded_urls=None if default_exclusions else settings.excluded_urls,
@@ -334,8 +344,22 @@ def instrument(
             http_capture_headers_server_response=settings.http_capture_headers_server_response,
             http_capture_headers_sanitize_fields=settings.http_capture_headers_sanitize_fields,
         )
-    stack = RequestIdMiddleware(stack, header_name=settings.request_id_header)
-    stack = LifespanHooks(stack, startup=startup, shutdown=shutdown)
+    request_id = RequestIdMiddleware(stack, header_name=settings.request_id_header)
+    pipeline = RequestPipeline(
+        request_id,
+        app=dispatch,
+        request_id=request_id,
+        tracing=tracing,
+        metrics=metrics,
+        access=access,
+        own_paths=frozenset(endpoints),
+        own_prefix=HEALTH_PATH if health is not None else None,
+    )
     return ObservedApp(
-        stack, app=app, settings=settings, registry=registry, tracer_provider=provider
+        LifespanHooks(pipeline, startup=startup, shutdown=shutdown),
+        app=app,
+        settings=settings,
+        registry=registry,
+        tracer_provider=provider,
+        pipeline=pipeline,
     )

@@ -350,6 +350,10 @@ class AccessLogMiddleware:
             session.end()
             self._emit_websocket(scope, session, error)
 
+    def excludes(self, scope: Scope) -> bool:
+        """Whether the request `scope` gets no access-log line (`exclude_paths`)."""
+        return bool(self._exclude) and self._relative_path(scope) in self._exclude
+
     @staticmethod
     def _relative_path(scope: Scope) -> str:
         path: str = scope.get("path") or ""

@@ -294,6 +294,12 @@ class TracingMiddleware:
         self._fields = (propagator, fields)
         return fields
 
+    def excludes(self, scope: Scope) -> bool:
+        """Whether the request `scope` gets no span (excluded paths and URL patterns)."""
+        return (self._excluded is not None or bool(self._excluded_paths)) and self._is_excluded(
+            scope
+        )
+
     def _is_excluded(self, scope: Scope) -> bool:
         if self._excluded_paths and relative_path(scope) in self._excluded_paths:
             return True

@@ -1,0 +1,221 @@
+"""`instrument()`'s HTTP path: the stack's per-request work done in one ASGI layer.
+
+The four middlewares (request id, tracing, metrics, access log) each wrap ``send`` and
+``receive``, scan the headers, look up the current span, time the request and track
+its status and size. Composed, that is four times the same bookkeeping, and behind a
+real server every extra coroutine call and closure costs more than in a micro loop.
+`RequestPipeline` keeps each middleware as the single owner of its concern -- it calls
+their own methods to choose the request id, start the span, record the metrics and
+write the access line -- and only shares the bookkeeping: one ``send`` wrapper, one
+``receive`` wrapper, one clock, one span context handed to the metrics and the log.
+
+Requests it does not take this way go through the composed middlewares unchanged, so
+the behaviour is theirs by construction: every scope other than HTTP (websockets,
+lifespan), requests a middleware excludes (the stack's own endpoints, probes, excluded
+paths and methods), requests whose span is sampled (recorded spans keep the tracing
+middleware's full path: attributes, hooks, header capture, status), and requests that
+already carry a request id.
+"""
+
+from __future__ import annotations
+
+from time import perf_counter
+from typing import Any
+
+from opentelemetry import context as otel_context
+
+from asgi_observe._asgi import relative_path
+from asgi_observe.logs.access import AccessLogMiddleware
+from asgi_observe.metrics.http import MetricsMiddleware
+from asgi_observe.request_id import (
+    SCOPE_KEY,
+    RequestIdMiddleware,
+    bind_request_context,
+    reset_request_context,
+    with_request_id_header,
+)
+from asgi_observe.routes import track_route
+from asgi_observe.tracing import TracingMiddleware
+from asgi_observe.tracing.api import report_once
+from asgi_observe.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["RequestPipeline"]
+
+
+class RequestPipeline:
+    """The composed stack `composed`, with its common HTTP requests served in one layer.
+
+    Args:
+        composed: request id → tracing → metrics → access log → `app`, as built by
+            `instrument()`; serves every request this layer does not take itself.
+        app: the innermost app (the stack's path dispatch in front of the user's app).
+        request_id: the request-id middleware of `composed`.
+        tracing: its tracing middleware (None without tracing).
+        metrics: its metrics middleware (None without metrics).
+        access: its access-log middleware.
+        own_paths: paths (below ``root_path``) served by `app` itself rather than the
+            user's app (``/metrics``...), and `own_prefix` the prefix of the mounted
+            health app: left to `composed`.
+    """
+
+    def __init__(
+        self,
+        composed: ASGIApp,
+        *,
+        app: ASGIApp,
+        request_id: RequestIdMiddleware,
+        tracing: TracingMiddleware | None,
+        metrics: MetricsMiddleware | None,
+        access: AccessLogMiddleware,
+        own_paths: frozenset[str] = frozenset(),
+        own_prefix: str | None = None,
+    ) -> None:
+        self.composed = composed
+        self.app = app
+        self._request_id = request_id
+        self._tracing = tracing
+        self._metrics = metrics
+        self._access = access
+        self._own_paths = own_paths
+        self._own_prefix = own_prefix
+
+    def _takes(self, scope: Scope) -> bool:
+        """Whether `scope` is an HTTP request no middleware treats specially."""
+        if scope["type"] != "http" or SCOPE_KEY in scope:
+            return False
+        path = relative_path(scope)
+        if path in self._own_paths:
+            return False
+        prefix = self._own_prefix
+        if prefix is not None and (path == prefix or path.startswith(prefix + "/")):
+            return False
+        if self._access.excludes(scope):
+            return False
+        if self._metrics is not None and self._metrics.excludes(scope, path):
+            return False
+        return self._tracing is None or not self._tracing.excludes(scope)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self._takes(scope):
+            await self.composed(scope, receive, send)
+            return
+        request_id, header = self._request_id.assign(scope)
+        wanted = header[0]
+        tokens = bind_request_context(request_id)
+        try:
+            track_route(scope)
+            span_token = None
+            span_context = None
+            tracing = self._tracing
+            if tracing is not None:
+                try:
+                    span, span_token, name, host, agent = tracing._start(scope)
+                except Exception:
+                    report_once(
+                        "start", "asgi_observe: starting the request span failed; not traced"
+                    )
+                else:
+                    if span.is_recording():
+                        # Sampled: the tracing middleware's full path, then the rest of
+                        # the composed stack below it.
+                        async def send_with_request_id(message: Message) -> None:
+                            if message["type"] == "http.response.start":
+                                message = with_request_id_header(message, header, wanted)
+                            await send(message)
+
+                        await tracing._run_recorded(
+                            scope,
+                            receive,
+                            send_with_request_id,
+                            span,
+                            span_token,
+                            name,
+                            host,
+                            agent,
+                        )
+                        return
+                    span_context = span.get_span_context()
+            try:
+                await self._observe(scope, receive, send, header, span_context)
+            finally:
+                if span_token is not None:
+                    otel_context.detach(span_token)
+        finally:
+            reset_request_context(tokens)
+
+    async def _observe(  # noqa: PLR0915 - one closure per wrapper is what saves the layers
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        header: tuple[bytes, bytes],
+        span_context: Any,
+    ) -> None:
+        """Metrics and the access line of one request, around the app, with one wrapper
+        each for ``send`` and ``receive``."""
+        metrics = self._metrics
+        access = self._access
+        wanted = header[0]
+        status = 0
+        received = 0
+        sent = 0
+        elapsed: float | None = None
+        recorded = logged = False
+        counted = metrics.begin_request(scope) if metrics is not None else None
+        start = perf_counter()
+
+        async def receive_counting_bytes() -> Message:
+            nonlocal received
+            message = await receive()
+            body = message.get("body")
+            if body:
+                received += len(body)
+            return message
+
+        async def send_observed(message: Message) -> None:
+            nonlocal status, sent, elapsed, recorded, logged
+            kind = message["type"]
+            if kind == "http.response.body":
+                body = message.get("body")
+                if body:
+                    sent += len(body)
+                if not message.get("more_body", False) and elapsed is None:
+                    # Recorded and logged before the last byte leaves: a client that has
+                    # read its response finds its request counted and its line written.
+                    elapsed = perf_counter() - start
+                    if metrics is not None:
+                        recorded = True
+                        metrics.record_request(scope, status, elapsed, received, sent, span_context)
+                    if status < 500:  # a 5xx line waits for the app's exception, if any
+                        logged = True
+                        access._emit(scope, status, sent, elapsed, None)
+            elif kind == "http.response.start":
+                status = message["status"]
+                if counted is not None and metrics is not None:
+                    metrics.count_in_progress(scope, status, counted)
+                message = with_request_id_header(message, header, wanted)
+            elif kind == "http.response.pathsend" and elapsed is None:  # a file, sent whole
+                elapsed = perf_counter() - start
+                if status < 500:
+                    logged = True
+                    access._emit(scope, status, sent, elapsed, None)
+            await send(message)
+
+        error: BaseException | None = None
+        try:
+            await self.app(scope, receive_counting_bytes, send_observed)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            finished = perf_counter() - start
+            if not logged:
+                access._emit(
+                    scope, status or 500, sent, finished if elapsed is None else elapsed, error
+                )
+            if metrics is not None:
+                metrics.end_request(scope, counted)
+                if not recorded:
+                    metrics.record_request(
+                        scope, status or 500, finished, received, sent, span_context
+                    )
