@@ -278,6 +278,6 @@ def with_request_id_header(message: Message, header: tuple[bytes, bytes], wanted
     """
     headers = message.get("headers") or ()
     for name, _ in headers:
-        if name == wanted or _is_header(name, wanted):
+        if len(name) == len(wanted) and _is_header(name, wanted):
             return message
     return {**message, "headers": [*headers, header]}
