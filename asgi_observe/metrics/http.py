@@ -23,10 +23,15 @@ from time import perf_counter
 from typing import cast
 
 from opentelemetry import trace
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Gauge
 
 from asgi_observe._asgi import relative_path
-from asgi_observe.metrics._families import LabelValues, http_metrics_for
+from asgi_observe.metrics._families import (
+    ClientSeries,
+    LabelValues,
+    RecorderSeries,
+    http_metrics_for,
+)
 from asgi_observe.metrics.app import check_label_names
 from asgi_observe.metrics.websocket import WebSocketRecorder, websocket_metrics_for
 from asgi_observe.routes import (
@@ -49,7 +54,7 @@ DEFAULT_SIZE_BUCKETS: tuple[float, ...] = (100, 1_000, 10_000, 100_000, 1_000_00
 
 _SAMPLED = trace.TraceFlags.SAMPLED
 
-_Children = tuple[Counter, Histogram, Histogram, Histogram, Histogram | None]
+_Children = RecorderSeries | ClientSeries
 
 LabelFunction = Callable[[Scope], "str | None"]
 """A dynamic label: its value for a request, from the scope (None or raising gives "")."""
@@ -340,36 +345,21 @@ class MetricsMiddleware:
         children = self._children.get((method, status, handler, values))
         if children is None:
             children = self._make_children(method, status, handler, values)
-        requests, duration_h, request_h, response_h, highr = children
         if span_context is None:
             span_context = trace.get_current_span().get_span_context()
-        if span_context.trace_flags & _SAMPLED and span_context.is_valid:
-            exemplar = {"trace_id": format(span_context.trace_id, "032x")}
-            # Exemplars go where an operator jumps from a graph to a trace (request rate,
-            # latency); each one costs a validation, so the size histograms carry none.
-            requests.inc(1, exemplar)
-            duration_h.observe(duration, exemplar)
-        else:
-            requests.inc()
-            duration_h.observe(duration)
-        request_h.observe(received)
-        response_h.observe(sent)
-        if highr is not None:
-            highr.observe(duration)
+        # Exemplars go where an operator jumps from a graph to a trace (request rate,
+        # latency): the request counter and the latency bucket, never the size histograms.
+        trace_id = (
+            format(span_context.trace_id, "032x")
+            if span_context.trace_flags & _SAMPLED and span_context.is_valid
+            else None
+        )
+        children.record(duration, received, sent, trace_id)
 
     def _make_children(
         self, method: str, status: int, handler: str, values: tuple[str, ...]
     ) -> _Children:
-        metrics = self._metrics
-        const = self._const
-        highr = metrics.duration_highr
-        children = (
-            metrics.requests.labels(method, metrics.status_label(status), handler, *values, *const),
-            metrics.duration.labels(method, handler, *values, *const),
-            metrics.request_size.labels(handler, *const),
-            metrics.response_size.labels(handler, *const),
-            None if highr is None else (highr.labels(*const) if const else highr),
-        )
+        children = self._metrics.series(method, status, handler, values)
         # Bounded: methods are folded, handlers and label values capped, and statuses
         # are three digits.
         self._children[(method, status, handler, values)] = children
