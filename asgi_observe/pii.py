@@ -55,6 +55,7 @@ __all__ = [
     "redact_query",
     "redact_text",
     "redact_url_queries",
+    "uses_default_patterns",
 ]
 
 REDACTED = "[REDACTED]"
@@ -400,6 +401,17 @@ def redact_text(text: str) -> str:
     for pattern, replacement in patterns:
         result = pattern.sub(replacement, result)
     return text if result == text else result
+
+
+def uses_default_patterns() -> bool:
+    """Whether `PII_PATTERNS` holds exactly the defaults, so `redact_text` leaves alone
+    what no default pattern can match: numbers are never redacted, and nor are strings
+    of 16 or more ASCII letters and digits with a letter in them (hex trace, span and
+    request ids). Writers that know their values are of that kind skip the call while
+    this holds; once the list is changed every string must go through `redact_text`.
+    """
+    patterns = PII_PATTERNS
+    return patterns is _DEFAULT_LIST and patterns == _DEFAULTS
 
 
 def _defaults_memo() -> dict[str, str] | None:

@@ -21,13 +21,13 @@ from collections.abc import Collection
 from time import perf_counter
 from typing import Any
 
-from opentelemetry.trace import get_current_span
+from opentelemetry.trace import SpanContext, get_current_span
 
 from asgi_observe import pii
 from asgi_observe._websocket import ERROR, REJECTED, WebSocketSession
-from asgi_observe.logs.config import get_logger, write_event
+from asgi_observe.logs.config import get_logger, write_event, write_prepared_event
 from asgi_observe.net import IPNetwork, client_ip
-from asgi_observe.pii import is_sensitive_key, redact_query, redact_text
+from asgi_observe.pii import is_sensitive_key, redact_query, redact_text, uses_default_patterns
 from asgi_observe.request_id import SCOPE_KEY as REQUEST_ID_KEY
 from asgi_observe.request_id import get_request_id
 from asgi_observe.routes import RouteResolver, resolve_route
@@ -126,6 +126,24 @@ def _method(method: Any) -> str:
     return escape_control(str(method or ""), 32)
 
 
+def _plain(text: str) -> bool:
+    """Whether the log pipeline's redaction leaves `text` as it is, under the default
+    patterns (False under others: nothing is known then). Asked once per memoised value."""
+    return uses_default_patterns() and redact_text(text) == text
+
+
+def _plain_token(value: object) -> bool:
+    """A string of 16 or more ASCII letters and digits with a letter in it (a generated
+    request id): one the default patterns leave alone (`uses_default_patterns`)."""
+    return (
+        type(value) is str
+        and len(value) >= 16
+        and value.isalnum()
+        and value.isascii()
+        and not value.isdigit()
+    )
+
+
 class AccessLogMiddleware:
     """One structured event per HTTP request, written when the response completes, and
     one per websocket connection, written when it ends (see `_log_websocket`).
@@ -186,12 +204,17 @@ class AccessLogMiddleware:
             name.lower().replace("-", "_") for name in sensitive_query_params
         )
         self._event = event
-        self._queries: dict[bytes, str] = {}  # memoised redactions: caches, not request state
-        self._agents: dict[bytes, str] = {}
+        # Memoised redactions: caches, not request state. Values written to the line
+        # come with whether the pipeline's redaction leaves them unchanged (`_plain`),
+        # so the direct route need not redact them again per line.
+        self._queries: dict[bytes, str] = {}
+        self._agents: dict[bytes, tuple[str, bool]] = {}
+        self._routes: dict[str, bool] = {}
+        self._event_plain = _plain(event)
         # The peer's address as text, by the scope's client host: with no trusted proxy
         # `client_ip` reads nothing else, and parsing and re-formatting the address
         # costs more than the rest of the field (a handful of clients send most lines).
-        self._clients: dict[str, str | None] = {}
+        self._clients: dict[str, tuple[str | None, bool]] = {}
         self._report_lock = threading.Lock()
         self._next_report = 0.0
 
@@ -258,36 +281,51 @@ class AccessLogMiddleware:
                 self._emit(scope, status, size, elapsed, error)
 
     def _emit(
-        self, scope: Scope, status: int, size: int, elapsed: float, error: BaseException | None
+        self,
+        scope: Scope,
+        status: int,
+        size: int,
+        elapsed: float,
+        error: BaseException | None,
+        *,
+        span_context: SpanContext | None = None,
     ) -> None:
+        """Write the line of the request `scope`: `status`, `size` bytes sent, `elapsed`
+        seconds, and the app's `error` if it raised. A caller that holds the request
+        span's context passes it as `span_context`, saving the current-span lookup."""
         try:
-            context = get_current_span().get_span_context()
-            if context.is_valid:
-                trace_id: str | None = format(context.trace_id, "032x")
-                span_id: str | None = format(context.span_id, "016x")
+            if span_context is None:
+                span_context = get_current_span().get_span_context()
+            if span_context.is_valid:
+                trace_id: str | None = f"{span_context.trace_id:032x}"
+                span_id: str | None = f"{span_context.span_id:016x}"
             else:
                 trace_id = span_id = None
             request_id = scope.get(REQUEST_ID_KEY) or get_request_id()
+            method = scope.get("method")
+            method_plain = method in _METHODS
+            if not method_plain:
+                method = _method(method)
+            path, path_plain = self._checked_path(scope)
+            route = resolve_route(scope, self._route_resolver, status=status)
+            client, client_plain = self._client_ip(scope)
             user_agent = None
+            agent_plain = True
             for name, value in scope.get("headers") or ():
                 if name == b"user-agent":
-                    user_agent = self._agents.get(value)
-                    if user_agent is None:
-                        user_agent = escape_control(
-                            redact_text(value.decode("latin-1")), MAX_USER_AGENT
-                        )
-                        if len(value) <= MAX_USER_AGENT:  # a few clients send most requests
-                            if len(self._agents) >= 1024:
-                                self._agents.clear()
-                            self._agents[value] = user_agent
+                    memo = self._agents.get(value)
+                    if memo is None:
+                        memo = self._agent_entry(value)
+                    user_agent, agent_plain = memo
                     break
+            duration = round(elapsed * 1000.0, 3)
             fields: dict[str, Any] = {
-                "method": _method(scope.get("method")),
-                "path": self._path(scope),
-                "route": resolve_route(scope, self._route_resolver, status=status),
+                "method": method,
+                "path": path,
+                "route": route,
                 "status": status,
-                "duration_ms": round(elapsed * 1000.0, 3),
-                "client_ip": self._client_ip(scope),
+                "duration_ms": duration,
+                "client_ip": client,
                 "user_agent": user_agent,
                 "response_size": size,
                 "request_id": request_id,
@@ -299,10 +337,15 @@ class AccessLogMiddleware:
                     redact_text(f"{type(error).__qualname__}: {error}"), MAX_PATH
                 )
             level = "error" if status >= 500 else "warning" if status >= 400 else "info"
-            if self._direct and write_event(
-                LOGGER_NAME, level, self._event, fields, plain_keys=_PLAIN_KEYS
-            ):
-                return
+            if self._direct:
+                unchecked = self._unchecked(
+                    fields, method_plain, path_plain, client_plain, agent_plain
+                )
+                if unchecked is not None:
+                    if write_prepared_event(LOGGER_NAME, level, self._event, fields, unchecked):
+                        return
+                elif write_event(LOGGER_NAME, level, self._event, fields, plain_keys=_PLAIN_KEYS):
+                    return
             logger = self._logger
             if status >= 500:
                 logger.error(self._event, **fields)
@@ -312,6 +355,54 @@ class AccessLogMiddleware:
                 logger.info(self._event, **fields)
         except Exception:
             self._report_failure()
+
+    def _unchecked(
+        self,
+        fields: dict[str, Any],
+        method_plain: bool,
+        path_plain: bool,
+        client_plain: bool,
+        agent_plain: bool,
+    ) -> list[str] | None:
+        """The keys of `fields` whose values `write_prepared_event` must still redact:
+        those not known to come out of redaction unchanged. None when a value is of a
+        kind that route does not take (the general `write_event` then redacts all)."""
+        duration = fields["duration_ms"]
+        if not (
+            _PLAIN_KEYS
+            and self._event_plain
+            and type(fields["status"]) is int
+            and type(fields["response_size"]) is int
+            and type(duration) is float
+            and not duration - duration  # finite: inf - inf and NaN - NaN are NaN
+        ):
+            return None
+        unchecked = [] if path_plain else ["path"]
+        if not method_plain:
+            unchecked.append("method")
+        route = fields["route"]
+        if route is not None and not self._route_plain(route):
+            unchecked.append("route")
+        if not client_plain:
+            unchecked.append("client_ip")
+        if not agent_plain:
+            unchecked.append("user_agent")
+        request_id = fields["request_id"]
+        if request_id is not None and not _plain_token(request_id):
+            if type(request_id) is not str:
+                return None
+            unchecked.append("request_id")
+        trace_id, span_id = fields["trace_id"], fields["span_id"]
+        if trace_id is not None:
+            # 32 and 16 hex digits: plain unless digits only (1 span id in 2,000), which
+            # a number pattern may take for a card number.
+            if trace_id.isdigit():
+                unchecked.append("trace_id")
+            if span_id.isdigit():
+                unchecked.append("span_id")
+        if "error" in fields:
+            unchecked.append("error")
+        return unchecked
 
     async def _log_websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         """One line per websocket connection, written when the app returns or raises.
@@ -376,7 +467,7 @@ class AccessLogMiddleware:
                 "messages_received": session.received,
                 "messages_sent": session.sent,
                 "client_ip": client_ip(scope, self._trusted),
-                "user_agent": self._user_agent(scope),
+                "user_agent": self._user_agent(scope)[0],
                 "request_id": scope.get(REQUEST_ID_KEY) or get_request_id(),
                 "trace_id": format(context.trace_id, "032x") if context.is_valid else None,
                 "span_id": format(context.span_id, "016x") if context.is_valid else None,
@@ -395,41 +486,64 @@ class AccessLogMiddleware:
         except Exception:
             self._report_failure()
 
-    def _client_ip(self, scope: Scope) -> str | None:
-        """`asgi_observe.net.client_ip`, memoised per peer host when no proxy is trusted."""
+    def _client_ip(self, scope: Scope) -> tuple[str | None, bool]:
+        """`asgi_observe.net.client_ip`, memoised per peer host when no proxy is trusted,
+        and whether the text is plain (`_plain`; known only for memoised addresses)."""
         client = scope.get("client")
         if self._trusted or type(client) not in {tuple, list} or not client:
-            return client_ip(scope, self._trusted)
+            found = client_ip(scope, self._trusted)
+            return found, found is None
         host = client[0]
         if type(host) is not str or len(host) > 64:  # longer than any address: parsed each time
-            return client_ip(scope, self._trusted)
+            found = client_ip(scope, self._trusted)
+            return found, found is None
         try:
             return self._clients[host]
         except KeyError:
             found = client_ip(scope, self._trusted)
+            entry = (found, found is None or _plain(found))
             if len(self._clients) >= 1024:
                 self._clients.clear()  # a flood of distinct peers cannot grow it
-            self._clients[host] = found
-            return found
+            self._clients[host] = entry
+            return entry
 
-    def _user_agent(self, scope: Scope) -> str | None:
+    def _user_agent(self, scope: Scope) -> tuple[str | None, bool]:
+        """The ``user-agent`` header, redacted and escaped, and whether it is plain."""
         for name, value in scope.get("headers") or ():
             if name == b"user-agent":
-                agent = self._agents.get(value)
-                if agent is None:
-                    agent = escape_control(redact_text(value.decode("latin-1")), MAX_USER_AGENT)
-                    if len(value) <= MAX_USER_AGENT:
-                        if len(self._agents) >= 1024:
-                            self._agents.clear()
-                        self._agents[value] = agent
-                return agent
-        return None
+                return self._agents.get(value) or self._agent_entry(value)
+        return None, True
+
+    def _agent_entry(self, value: bytes) -> tuple[str, bool]:
+        agent = escape_control(redact_text(value.decode("latin-1")), MAX_USER_AGENT)
+        entry = (agent, _plain(agent))
+        if len(value) <= MAX_USER_AGENT:  # a few clients send most requests
+            if len(self._agents) >= 1024:
+                self._agents.clear()
+            self._agents[value] = entry
+        return entry
+
+    def _route_plain(self, route: str) -> bool:
+        """Whether the route template is plain (`_plain`): templates repeat, so memoised."""
+        plain = self._routes.get(route)
+        if plain is None:
+            plain = type(route) is str and _plain(route)
+            if len(self._routes) >= 1024:
+                self._routes.clear()
+            self._routes[route] = plain
+        return plain
 
     def _path(self, scope: Scope) -> str:
+        return self._checked_path(scope)[0]
+
+    def _checked_path(self, scope: Scope) -> tuple[str, bool]:
+        """The ``path`` field, and whether it is plain: true of a path that redaction
+        left as it was, without a query and with nothing to escape -- redacting it again
+        gives the same text, as redaction is a function of the text."""
         path = scope.get("path") or ""
         if not isinstance(path, str):
             path = str(path)
-        path = redact_text(path)
+        redacted = redact_text(path)
         raw_query = scope.get("query_string") or b""
         if raw_query:
             query = self._queries.get(raw_query)
@@ -441,8 +555,9 @@ class AccessLogMiddleware:
                     if len(self._queries) >= 1024:
                         self._queries.clear()
                     self._queries[raw_query] = query
-            path = f"{path}?{query}"
-        return escape_control(path, MAX_PATH)
+            return escape_control(f"{redacted}?{query}", MAX_PATH), False
+        escaped = escape_control(redacted, MAX_PATH)
+        return escaped, escaped is redacted and redacted == path
 
     def _report_failure(self) -> None:
         now = time.monotonic()

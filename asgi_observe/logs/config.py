@@ -24,24 +24,39 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import itertools
 import logging
 import os
 import sys
 import threading
+from collections.abc import Collection
 from types import FrameType
 from typing import Any, TextIO
 
+import orjson
 import structlog
-from structlog.contextvars import bind_contextvars, clear_contextvars, get_contextvars
+from structlog.contextvars import (
+    bind_contextvars,
+    clear_contextvars,
+    get_contextvars,
+    merge_contextvars,
+)
 from structlog.typing import EventDict, FilteringBoundLogger, Processor, WrappedLogger
 
 from asgi_observe.logs.processors import (
+    ORJSON_OPTIONS,
     StdlibQueryRedactor,
     TraceContextAdder,
     UTCTimeStamper,
     json_dumps,
 )
-from asgi_observe.pii import PII_PATTERNS, PIIRedactor, redact_plain_values
+from asgi_observe.pii import (
+    PII_PATTERNS,
+    PIIRedactor,
+    redact_plain_values,
+    redact_text,
+    uses_default_patterns,
+)
 from asgi_observe.request_id import get_request_id, request_id_var
 from asgi_observe.settings import Settings
 
@@ -125,7 +140,9 @@ class _Sink:
         except RuntimeError:
             loop = None
         with self.lock:
-            if loop is None or not self._has_fd(stream):
+            # The stream's answer is kept: asked again only when the stream changes.
+            has_fd = self._probed_has_fd if stream is self._probed else self._has_fd(stream)
+            if loop is None or not has_fd:
                 self._write_locked(stream, line)
                 return
             if self._lines and self._target is not stream:
@@ -501,15 +518,7 @@ def write_event(
     the processors propagate, as they would from the logger.
     """
     production = _state.production
-    if production is None:
-        return False
-    config = structlog.get_config()
-    if (
-        config["processors"] != production.processors
-        or config["wrapper_class"] is not production.wrapper_class
-        or config["logger_factory"] is not _logger_factory
-        or config["context_class"] is not dict
-    ):
+    if production is None or not _in_force(production):
         return False
     if method_name not in production.enabled:
         # Below the level: dropped, as the configured wrapper class would. Aliases
@@ -519,15 +528,106 @@ def write_event(
     event_dict: Any = None
     if plain_keys:
         event_dict = _process_plain(production, logger, method_name, event, fields)
-    if event_dict is None:  # the general case: every processor, one after the other
-        fields["event"] = event
-        event_dict = fields
-        try:
-            for processor in production.head:
-                event_dict = processor(logger, method_name, event_dict)
-        except structlog.DropEvent:
-            return True
+    if event_dict is None:
+        _write_processed(production, logger, method_name, event, fields)
+        return True
     _state.sink.write(str(production.renderer(logger, method_name, event_dict)))
+    return True
+
+
+def _in_force(production: _Production) -> bool:
+    """Whether structlog's configuration still holds exactly what `production` installed."""
+    config = structlog.get_config()
+    return (
+        config["processors"] == production.processors
+        and config["wrapper_class"] is production.wrapper_class
+        and config["logger_factory"] is _logger_factory
+        and config["context_class"] is dict
+    )
+
+
+def _write_processed(
+    production: _Production,
+    logger: StreamLogger,
+    method_name: str,
+    event: str,
+    fields: dict[str, Any],
+) -> None:
+    """The general case: every processor of the chain, one after the other, then the line."""
+    fields["event"] = event
+    event_dict: Any = fields
+    try:
+        for processor in production.head:
+            event_dict = processor(logger, method_name, event_dict)
+    except structlog.DropEvent:
+        return
+    _state.sink.write(str(production.renderer(logger, method_name, event_dict)))
+
+
+def write_prepared_event(
+    name: str,
+    method_name: str,
+    event: str,
+    fields: dict[str, Any],
+    unchecked: Collection[str],
+) -> bool:
+    """`write_event` for a caller that vouches for the redaction of its own values:
+    the same line, for less (the access log's route).
+
+    The caller vouches that no key of `fields` is sensitive or a ProcessorFormatter
+    internal and, while `asgi_observe.pii.uses_default_patterns` holds, that `event` and
+    every value except those under the keys in `unchecked` are already what `PIIRedactor`
+    would make of them: ints, finite floats, None, or strings `redact_text` returns
+    unchanged. The values under `unchecked` must be strings or None; they are redacted
+    here. Under patterns other than the defaults every value is redacted, as
+    `write_event` redacts it.
+
+    Bound keys are merged after ``event`` and redacted exactly as the chain does; with
+    ``exc_info``, ``stack_info`` or a ProcessorFormatter internal bound, the whole chain
+    runs. The line is encoded with orjson and the renderer's options directly; what needs
+    the renderer's fallback (an object orjson does not know, a 65-bit integer) or gives
+    non-ASCII text is left to the renderer itself, so the line is byte for byte the
+    renderer's. Returns False, with `fields` untouched, under any configuration other
+    than `configure_logging`'s production one; `fields` becomes the event dict.
+    """
+    production = _state.production
+    if production is None or not _in_force(production):
+        return False
+    if method_name not in production.enabled:
+        return method_name in _METHOD_LEVELS
+    logger = _loggers.get(name) or _logger_factory(name)
+    fields["event"] = event
+    own = len(fields)
+    # The chain's first processor, in place: bound keys the event lacks come last.
+    merge_contextvars(logger, method_name, fields)
+    bound: dict[str, Any] | None = None
+    if len(fields) > own:
+        bound = dict(itertools.islice(fields.items(), own, None))
+        if not _SPECIAL_KEYS.isdisjoint(bound):
+            _write_processed(production, logger, method_name, event, fields)
+            return True
+    if uses_default_patterns():
+        for key in unchecked:
+            value = fields[key]
+            if value is not None:
+                fields[key] = redact_text(value)
+    else:
+        redact_plain_values(fields)
+    if bound:
+        fields.update(production.redactor(logger, method_name, bound))
+    fields["logger"] = logger.name
+    fields["level"] = method_name
+    event_dict = production.stamper(logger, method_name, fields)
+    if "span_id" not in event_dict:
+        event_dict = production.tracer(logger, method_name, event_dict)
+    try:
+        encoded = orjson.dumps(event_dict, option=ORJSON_OPTIONS)
+    except (TypeError, ValueError, RecursionError, OverflowError):
+        encoded = None  # the renderer's fallback renders it
+    if encoded is not None and encoded.isascii():
+        _state.sink.write(encoded.decode("ascii"))
+    else:
+        _state.sink.write(str(production.renderer(logger, method_name, event_dict)))
     return True
 
 

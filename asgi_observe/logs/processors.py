@@ -28,7 +28,13 @@ from asgi_observe.pii import (
     redact_url_queries,
 )
 
-__all__ = ["StdlibQueryRedactor", "TraceContextAdder", "UTCTimeStamper", "json_dumps"]
+__all__ = [
+    "ORJSON_OPTIONS",
+    "StdlibQueryRedactor",
+    "TraceContextAdder",
+    "UTCTimeStamper",
+    "json_dumps",
+]
 
 
 def _redacted_arg(value: object) -> object:
@@ -140,7 +146,8 @@ def _make_encoder(**kwargs: Any) -> json.JSONEncoder:
     )
 
 
-_ORJSON_OPTIONS = orjson.OPT_NON_STR_KEYS
+ORJSON_OPTIONS = orjson.OPT_NON_STR_KEYS
+"""The options `json_dumps` gives orjson; a writer encoding a line itself uses them too."""
 
 
 def json_dumps(value: Any, **kwargs: Any) -> str:
@@ -157,7 +164,7 @@ def json_dumps(value: Any, **kwargs: Any) -> str:
     default = kwargs.get("default", _json_default)
     if len(kwargs) <= 1 and (not kwargs or "default" in kwargs):
         try:
-            encoded = orjson.dumps(value, default=default, option=_ORJSON_OPTIONS)
+            encoded = orjson.dumps(value, default=default, option=ORJSON_OPTIONS)
         except (TypeError, ValueError, RecursionError, OverflowError):
             pass
         else:

@@ -9,6 +9,7 @@ import ipaddress
 import itertools
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -20,6 +21,8 @@ import pytest
 import structlog
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.id_generator import IdGenerator
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON
+from opentelemetry.trace import SpanContext, TraceFlags
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.requests import Request
@@ -27,6 +30,7 @@ from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from structlog.typing import EventDict
 
+from asgi_observe import pii
 from asgi_observe.logs import access as access_log
 from asgi_observe.logs import config as asgi_logging
 from asgi_observe.logs import processors as log_processors
@@ -583,15 +587,27 @@ class _Binding:
 class _FixedIds(IdGenerator):
     """The same ids for every span, so a traced request can be replayed line for line."""
 
+    def __init__(self, trace_id: int = 0x4BF92F3577B34DA6A3CE929D0E0E4736) -> None:
+        self.trace_id = trace_id
+
     def generate_trace_id(self) -> int:
-        return 0x4BF92F3577B34DA6A3CE929D0E0E4736
+        return self.trace_id
 
     def generate_span_id(self) -> int:
         return 0x00F067AA0BA902B7
 
 
-def _traced(app: ASGIApp) -> ASGIApp:
-    tracer = TracerProvider(id_generator=_FixedIds()).get_tracer("test")
+class _CardLikeIds(_FixedIds):
+    """A span id of digits only that is a Luhn-valid card number: redaction takes it."""
+
+    def generate_span_id(self) -> int:
+        return 0x4111111111111111
+
+
+def _traced(app: ASGIApp, *, ids: IdGenerator | None = None, sampled: bool = True) -> ASGIApp:
+    tracer = TracerProvider(
+        id_generator=ids or _FixedIds(), sampler=ALWAYS_ON if sampled else ALWAYS_OFF
+    ).get_tracer("test")
 
     async def traced(scope: Scope, receive: Receive, send: Send) -> None:
         with tracer.start_as_current_span("server"):
@@ -613,9 +629,34 @@ BOUND = {
     "request_id": "bound-id",  # the line's own request_id wins
 }
 
-SCENARIOS: list[tuple[str, str, list[tuple[bytes, bytes]], dict[str, Any], bool]] = [
-    # (id, path with query, headers, bound context, traced)
+UNSAMPLED = _traced  # a marker: the scenario's span is not sampled
+CARD_SPAN = _CardLikeIds()
+DIGIT_TRACE = _FixedIds(trace_id=0x11112222333344445555666677778888)
+RID = (b"x-request-id", b"rid-1")
+
+SCENARIOS: list[tuple[str, str, list[tuple[bytes, bytes]], dict[str, Any], object]] = [
+    # (id, path with query, headers, bound context, span: False, True, UNSAMPLED or ids)
     ("plain", "/items/42?page=2", [(b"user-agent", b"probe/1.0")], {}, False),
+    ("no-query", "/items/42", [(b"user-agent", b"probe/1.0")], {}, False),
+    ("sensitive-bound", "/items/5", [], {"api_key": "k-1", "Authorization": "Bearer x"}, True),
+    ("card-request-id", "/items/6", [(b"x-request-id", b"4111111111111111")], {}, False),
+    (
+        "hex-request-id",
+        "/items/6",
+        [(b"x-request-id", b"4bf92f3577b34da6a3ce929d0e0e4736")],
+        {},
+        False,
+    ),
+    ("non-ascii-agent", "/items/3", [(b"user-agent", "caf\u00e9 \u2603".encode())], {}, True),
+    ("non-ascii-path", "/caf\u00e9/\u2603", [], {"who": "Zo\u00eb"}, False),
+    ("unsampled", "/items/4", [(b"user-agent", b"probe/1.0")], {"tenant": "acme"}, UNSAMPLED),
+    ("card-span-id", "/items/4", [], {}, CARD_SPAN),
+    ("digit-trace-id", "/items/4", [], {}, DIGIT_TRACE),
+    # escaping a control character can complete what redaction took for no e-mail
+    ("escaped-agent", "/items/2", [(b"user-agent", b"ua\x1b@7y.cz")], {}, False),
+    ("escaped-path", "/a\x1b@7y.cz", [], {}, False),
+    ("unknown-method", "/items/1", [(b"x-method", b"PROPFIND")], {}, False),
+    ("bound-error-key", "/items/2", [], {"error": "bob@example.com", "event": "spoofed"}, False),
     (
         "pii",
         "/users/bob@example.com?email=bob%40example.com&token=t0k3n&pwd=hunter2&n=555-123-4567",
@@ -639,36 +680,56 @@ SCENARIOS: list[tuple[str, str, list[tuple[bytes, bytes]], dict[str, Any], bool]
 async def test_default_logger_lines_equal_the_generic_pipeline(
     json_logs: io.StringIO,
     monkeypatch: pytest.MonkeyPatch,
-    scenario: tuple[str, list[tuple[bytes, bytes]], dict[str, Any], bool],
+    scenario: tuple[str, list[tuple[bytes, bytes]], dict[str, Any], object],
 ) -> None:
-    path, headers, bound, traced = scenario
+    path, headers, bound, span = scenario
     _freeze_clocks(monkeypatch)
-    direct: list[bool] = []
-    write_event = asgi_logging.write_event
+    direct: list[str] = []
 
-    def spy(*args: Any, **kwargs: Any) -> bool:
-        direct.append(write_event(*args, **kwargs))
-        return direct[-1]
+    def spying(name: str) -> Any:
+        write = getattr(asgi_logging, name)
+
+        def spy(*args: Any, **kwargs: Any) -> bool:
+            written: bool = write(*args, **kwargs)
+            if written:
+                direct.append(name)
+            return written
+
+        return spy
+
+    def declining(*args: Any, **kwargs: Any) -> bool:
+        return False
 
     app: ASGIApp = _Binding(AccessLogMiddleware(_app()), **bound)
-    if traced:
+    if span is UNSAMPLED:
+        app = _traced(app, sampled=False)
+    elif isinstance(span, IdGenerator):
+        app = _traced(app, ids=span)
+    elif span:
         app = _traced(app)
     app = RequestIdMiddleware(app)
     path, _, query = path.partition("?")
-    headers = [*headers, (b"x-request-id", b"rid-1")]
+    if not any(name == b"x-request-id" for name, _ in headers):
+        headers = [*headers, RID]
+    method = dict(headers).get(b"x-method", b"GET").decode()
 
-    monkeypatch.setattr(access_log, "write_event", spy)
+    def scope() -> Scope:
+        return _scope(path, query=query.encode(), headers=headers, method=method)
+
+    for name in ("write_event", "write_prepared_event"):
+        monkeypatch.setattr(access_log, name, spying(name))
     with contextlib.suppress(RuntimeError):
-        await _call(app, _scope(path, query=query.encode(), headers=headers))
+        await _call(app, scope())
     fast = json_logs.getvalue()
     json_logs.seek(0)
     json_logs.truncate()
-    monkeypatch.setattr(access_log, "write_event", lambda *args, **kwargs: False)
+    for name in ("write_event", "write_prepared_event"):
+        monkeypatch.setattr(access_log, name, declining)
     with contextlib.suppress(RuntimeError):
-        await _call(app, _scope(path, query=query.encode(), headers=headers))
+        await _call(app, scope())
     generic = json_logs.getvalue()
 
-    assert direct == [True]  # the first line did take the direct route
+    assert direct == ["write_prepared_event"]  # the first line did take the direct route
     [fast_line] = _access_lines(fast)
     [generic_line] = _access_lines(generic)
     assert list(json.loads(fast_line).items()) == list(json.loads(generic_line).items())
@@ -678,8 +739,21 @@ async def test_default_logger_lines_equal_the_generic_pipeline(
     assert set(entry) - {"event", "level", "logger", "timestamp"} - set(bound) <= set(
         access_log.FIELD_NAMES
     )
-    assert (entry["logger"], entry["request_id"]) == ("asgi_observe.access", "rid-1")
-    assert (entry["trace_id"] is not None) is traced
+    assert entry["logger"] == "asgi_observe.access"
+    assert (entry["trace_id"] is not None) is bool(span)
+    _check_redacted_ids(entry, dict(headers)[b"x-request-id"].decode(), span)
+
+
+def _check_redacted_ids(entry: dict[str, Any], request_id: str, span: object) -> None:
+    """What redaction made of the values the direct route does not redact per line."""
+    if request_id == "4111111111111111":
+        assert entry["request_id"] == "[REDACTED_CC]"
+    else:
+        assert entry["request_id"] == request_id
+    if span is CARD_SPAN:
+        assert entry["span_id"] == "[REDACTED_CC]"
+    if span is DIGIT_TRACE:
+        assert entry["trace_id"] == "11112222333344445555666677778888"
 
 
 async def test_pii_and_levels_on_the_direct_route(json_logs: io.StringIO) -> None:
@@ -768,12 +842,70 @@ async def test_capture_logs_and_a_direct_structlog_configure_are_honoured(
 async def test_a_failing_direct_route_never_reaches_the_request(
     json_logs: io.StringIO, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    def broken(event_dict: dict[str, Any]) -> None:
-        raise RuntimeError("redactor broke")
+    def broken(*args: Any) -> None:
+        raise RuntimeError("context merge broke")
 
-    monkeypatch.setattr(asgi_logging, "redact_plain_values", broken)
+    monkeypatch.setattr(asgi_logging, "merge_contextvars", broken)
+    monkeypatch.setattr(asgi_logging, "get_contextvars", broken)
     with caplog.at_level(logging.WARNING, logger="asgi_observe"):
         async with _client(AccessLogMiddleware(_app())) as client:
             response = await client.get("/items/1")
     assert response.status_code == 200
     assert any("could not write the access log" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_pattern_of_our_own_reaches_every_value_on_the_direct_route(
+    json_logs: io.StringIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With `PII_PATTERNS` changed, values the default patterns leave alone (the method,
+    a hex request id, the client address, the user agent, the route) are redacted too,
+    as the general pipeline redacts them."""
+    _freeze_clocks(monkeypatch)
+    app = RequestIdMiddleware(AccessLogMiddleware(_app()))
+    headers = [
+        (b"user-agent", b"probe/1.0"),
+        (b"x-request-id", b"4bf92f3577b34da6a3ce929d0e0e4736"),
+    ]
+    saved = list(pii.PII_PATTERNS)
+    try:
+        await _call(app, _scope("/items/7", headers=headers))  # memoised as plain first
+        pii.PII_PATTERNS.append((re.compile(r"GET|probe|4bf9|127\.0|items|\{"), "[MINE]"))
+        await _call(app, _scope("/items/7", headers=headers))
+        fast = _access_lines(json_logs.getvalue())[-1]
+        json_logs.seek(0)
+        json_logs.truncate()
+        for name in ("write_event", "write_prepared_event"):
+            monkeypatch.setattr(access_log, name, lambda *args, **kwargs: False)
+        await _call(app, _scope("/items/7", headers=headers))
+        generic = _access_lines(json_logs.getvalue())[-1]
+    finally:
+        pii.PII_PATTERNS[:] = saved
+    assert fast == generic
+    entry = json.loads(fast)
+    assert (entry["method"], entry["user_agent"], entry["client_ip"]) == (
+        "[MINE]",
+        "[MINE]/1.0",
+        "[MINE].0.1",
+    )
+    assert entry["request_id"].startswith("[MINE]")
+    assert entry["route"] == "/[MINE]/[MINE]item_id}"
+
+
+async def test_a_span_context_passed_in_is_used_without_a_current_span(
+    json_logs: io.StringIO,
+) -> None:
+    middleware = AccessLogMiddleware(_app())
+    context = SpanContext(
+        trace_id=0x4BF92F3577B34DA6A3CE929D0E0E4736,
+        span_id=0x00F067AA0BA902B7,
+        is_remote=False,
+        trace_flags=TraceFlags(TraceFlags.SAMPLED),
+    )
+    middleware._emit(_scope("/items/1"), 200, 3, 0.001, None, span_context=context)
+    middleware._emit(_scope("/items/2"), 200, 3, 0.001, None)  # no span: looked up, none
+    first, second = [e for e in lines(json_logs) if e["logger"] == "asgi_observe.access"]
+    assert (first["trace_id"], first["span_id"]) == (
+        "4bf92f3577b34da6a3ce929d0e0e4736",
+        "00f067aa0ba902b7",
+    )
+    assert (second["trace_id"], second["span_id"]) == (None, None)

@@ -538,6 +538,103 @@ def test_write_event_renders_what_the_logger_renders(
     assert direct == through_logger
 
 
+# Values `write_prepared_event` takes as its caller vouches for them: what redaction
+# leaves unchanged under the default patterns (numbers, None, plain words, hex ids).
+PLAIN_VALUES = st.one_of(
+    st.none(),
+    st.integers(min_value=-(2**63), max_value=2**64 - 1),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.sampled_from(["GET", "request", "probe/1.0", "127.0.0.1", "2001:db8::1", "/items/42"]),
+    st.sampled_from(["4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"]),
+)
+# Values under `unchecked`: any string (or None), redacted by the route itself.
+UNCHECKED_VALUES = st.one_of(
+    st.none(), st.text(max_size=40), VALUES.filter(lambda v: type(v) is str)
+)
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(data=st.data())
+def test_write_prepared_event_renders_what_the_logger_renders(
+    json_logs: io.StringIO, monkeypatch: pytest.MonkeyPatch, data: st.DataObject
+) -> None:
+    method_name = data.draw(st.sampled_from(["debug", "info", "warning", "error", "critical"]))
+    traced = data.draw(st.booleans(), "in a span")
+    custom = data.draw(st.booleans(), "a pattern of our own")
+    monkeypatch.setattr(log_processors, "time", FROZEN_TIME)
+    names = data.draw(st.lists(st.sampled_from(SAFE_NAMES), unique=True, max_size=6), "names")
+    unchecked = data.draw(st.lists(st.sampled_from(names), unique=True) if names else st.just([]))
+    fields = {
+        name: data.draw(UNCHECKED_VALUES if name in unchecked else PLAIN_VALUES, name)
+        for name in names
+    }
+    bound = data.draw(
+        st.dictionaries(
+            st.sampled_from([*ANY_NAMES, "timestamp", "tenant", "exc_info"]), VALUES, max_size=4
+        ),
+        "bound",
+    )
+    if "exc_info" in bound:
+        bound["exc_info"] = bool(bound["exc_info"])  # only what format_exc_info accepts
+    json_logs.seek(0)
+    json_logs.truncate()
+    saved = list(pii.PII_PATTERNS)
+    tokens = structlog.contextvars.bind_contextvars(**bound)
+    try:
+        if custom:  # no value is known to be plain then: a word, a number in an id
+            pii.PII_PATTERNS.append((re.compile(r"GET|probe|f0|127"), "[MINE]"))
+        with contextlib.ExitStack() as stack:
+            if traced:
+                stack.enter_context(TRACER.start_as_current_span("work"))
+            assert asgi_logging.write_prepared_event(
+                "app.direct", method_name, "request", dict(fields), unchecked
+            )
+            direct = json_logs.getvalue()
+            json_logs.seek(0)
+            json_logs.truncate()
+            getattr(get_logger("app.direct"), method_name)("request", **fields)
+            through_logger = json_logs.getvalue()
+    finally:
+        pii.PII_PATTERNS[:] = saved
+        structlog.contextvars.reset_contextvars(**tokens)
+    assert direct.count("\n") == 1
+    assert direct == through_logger
+    if custom:
+        assert "GET" not in direct
+        assert "probe" not in direct
+
+
+def test_write_prepared_event_declines_and_drops_like_write_event(restore_logging: None) -> None:
+    stream = io.StringIO()
+    fields = {"path": "/a"}
+    configure_logging(Settings(environment="development"), stream=stream, colors=False)
+    assert not asgi_logging.write_prepared_event("x", "info", "e", fields, ())
+    configure_logging(Settings(environment="production", log_level="WARNING"), stream=stream)
+    with structlog.testing.capture_logs():
+        assert not asgi_logging.write_prepared_event("x", "warning", "e", fields, ())
+    assert not asgi_logging.write_prepared_event("x", "warn", "e", fields, ())  # an alias
+    assert asgi_logging.write_prepared_event("x", "info", "e", fields, ())  # below the level
+    assert fields == {"path": "/a"}  # untouched whenever it declined or dropped
+    assert stream.getvalue() == ""
+    assert asgi_logging.write_prepared_event("x", "warning", "e", fields, ["path"])
+    assert [(e["event"], e["path"]) for e in lines(stream)] == [("e", "/a")]
+
+
+def test_uses_default_patterns_until_the_list_changes() -> None:
+    saved = list(pii.PII_PATTERNS)
+    assert pii.uses_default_patterns()
+    try:
+        pii.PII_PATTERNS.append((re.compile(r"\bEMP-\d{6}\b"), "[REDACTED_EMPLOYEE]"))
+        assert not pii.uses_default_patterns()
+    finally:
+        pii.PII_PATTERNS[:] = saved
+    assert pii.uses_default_patterns()
+
+
 def test_write_event_declines_what_it_cannot_reproduce(restore_logging: None) -> None:
     stream = io.StringIO()
     fields = {"path": "/a"}
