@@ -6,7 +6,8 @@ it within a bounded time. `TracingMiddleware` makes one PII-redacted SERVER span
 HTTP request. `tracer`, `add_span_attributes` and `record_exception` are for code
 inside a request. The package's modules: `setup` (provider, sampler, resource,
 exporter), `export` (the redacting, outage-tolerant exporter wrapper), `middleware`
-(`TracingMiddleware`) and `api` (the manual-span helpers).
+(`TracingMiddleware`), `starter` (the request span's start, cheap when unsampled) and
+`api` (the manual-span helpers).
 """
 
 from __future__ import annotations

@@ -52,6 +52,7 @@ from asgi_observe.tracing.api import (
     redact_text,
     report_once,
 )
+from asgi_observe.tracing.starter import SpanStarter
 from asgi_observe.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = [
@@ -269,12 +270,19 @@ class TracingMiddleware:
         if tracer_provider is None:
             self._tracer = trace.get_tracer(INSTRUMENTATION_NAME)
             self._app_tracer = trace.get_tracer(APP_TRACER_NAME)
+            # Set once a global provider is seen to be installed (see _start).
+            self._starter: SpanStarter | None = None
         else:
             self._tracer = tracer_provider.get_tracer(INSTRUMENTATION_NAME)
             self._app_tracer = tracer_provider.get_tracer(APP_TRACER_NAME)
+            self._starter = SpanStarter(self._tracer)
         # `tracer` already falls back to the global provider; an injected one is made
         # visible to it through the request's context.
         self._publish_tracer = tracer_provider is not None
+        # (a context, the same with the app tracer published in it): requests without a
+        # propagated parent start from the same current context, mostly the empty one,
+        # and contexts are immutable, so the derived one is reused.
+        self._published: tuple[otel_context.Context, otel_context.Context] | None = None
         self._excluded = _exclude_list(excluded_urls)
         self._request_id_key = request_id_scope_key
         self._traceresponse = traceresponse
@@ -346,12 +354,47 @@ class TracingMiddleware:
         if name is None:
             method = scope.get("method", "GET")
             name = method if method in KNOWN_METHODS else "HTTP"
-        span = self._tracer.start_span(name, parent, _SERVER)
-        context = trace.set_span_in_context(span, parent)
+        current = otel_context.get_current() if parent is None else parent
+        starter = self._starter
+        if starter is None:
+            span = self._tracer.start_span(name, parent, _SERVER)
+            made = span.get_span_context()
+            if made.is_valid and not made.is_remote:
+                self._starter = self._global_starter()
+        else:
+            span = starter.start(name, parent, current=current)
         if self._publish_tracer:
-            context = otel_context.set_value(TRACER_CONTEXT_KEY, self._app_tracer, context)
-        token = otel_context.attach(context)
+            current = (
+                self._with_app_tracer(current)
+                if parent is None
+                else otel_context.set_value(TRACER_CONTEXT_KEY, self._app_tracer, current)
+            )
+        token = otel_context.attach(trace.set_span_in_context(span, current))
         return span, token, name, host, agent
+
+    @staticmethod
+    def _global_starter() -> SpanStarter | None:
+        """The span starter of the global provider's tracer, once one is installed.
+
+        Until then the API's proxy tracer starts the spans (the no-op tracer's carry no
+        new, local, span context). OpenTelemetry installs a global provider once per
+        process, and the proxy tracer keeps the tracer it resolved for good, as this
+        starter does: the same tracer, asked for with the same name.
+        """
+        provider = trace.get_tracer_provider()
+        if isinstance(provider, trace.ProxyTracerProvider):
+            return None
+        return SpanStarter(provider.get_tracer(INSTRUMENTATION_NAME))
+
+    def _with_app_tracer(self, context: otel_context.Context) -> otel_context.Context:
+        """`context` with the app tracer published under `TRACER_CONTEXT_KEY`, memoised
+        for the last context seen."""
+        published = self._published
+        if published is not None and published[0] is context:
+            return published[1]
+        derived = otel_context.set_value(TRACER_CONTEXT_KEY, self._app_tracer, context)
+        self._published = (context, derived)
+        return derived
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -9,6 +9,7 @@ bounds the final flush so a black-holed collector cannot hold up process exit.
 from __future__ import annotations
 
 import atexit
+import inspect
 import logging
 import threading
 import urllib.parse
@@ -30,9 +31,10 @@ from opentelemetry.sdk.trace.sampling import (
 )
 from opentelemetry.util import types
 
-from asgi_observe.settings import SAMPLER_ENTRY_POINTS, Settings
+from asgi_observe.settings import BUILTIN_SAMPLERS, SAMPLER_ENTRY_POINTS, Settings
 from asgi_observe.tracing.api import report_once
 from asgi_observe.tracing.export import ExportGuard
+from asgi_observe.tracing.starter import TraceIdHandover
 
 __all__ = [
     "build_exporter",
@@ -53,6 +55,10 @@ DEFAULT_SHUTDOWN_TIMEOUT = 5.0
 """Seconds `shutdown_tracing` waits for the final flush before dropping what is left."""
 
 _DEFAULT_SERVICE_NAME = "asgi-service"
+
+# The SDK's tracers report their own span metrics to this provider's meter provider
+# (OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED) in recent SDKs; older ones take none.
+_TAKES_METER_PROVIDER = "meter_provider" in inspect.signature(TracerProvider).parameters
 
 _install_lock = threading.Lock()
 _global_installed = False
@@ -238,12 +244,22 @@ def setup_tracing(settings: Settings | None = None, *, set_global: bool = True) 
     """
     global _global_installed  # noqa: PLW0603 - process-wide, as OpenTelemetry's own global
     settings = Settings.from_env() if settings is None else settings
+    sampler = build_sampler(settings)
+    # Lets TracingMiddleware start unsampled request spans without the SDK's general
+    # path (see asgi_observe.tracing.starter); an entry-point sampler keeps that path.
+    builtin = settings.sdk_disabled or settings.sampler in BUILTIN_SAMPLERS
+    id_generator = TraceIdHandover(sampler if builtin else None)
+    watch: dict[str, Any] = (
+        {"meter_provider": id_generator.metrics_watch} if _TAKES_METER_PROVIDER else {}
+    )
     # The SDK's own exit hook can wait 30 s per processor on a black-holed collector;
     # ours is bounded (see shutdown_tracing).
     provider = TracerProvider(
-        sampler=build_sampler(settings),
+        sampler=sampler,
         resource=build_resource(settings),
         shutdown_on_exit=False,
+        id_generator=id_generator,
+        **watch,
     )
     try:
         exporter = build_exporter(settings)
