@@ -85,6 +85,7 @@ _PLAIN_ID = re.compile(
     r"[0-9a-fA-F]{32}|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 )
 _ERROR = StatusCode.ERROR
+_INVALID_SPAN = trace.INVALID_SPAN
 
 
 ServerRequestHook = Callable[[trace.Span, Scope], None]
@@ -358,9 +359,10 @@ class TracingMiddleware:
         starter = self._starter
         if starter is None:
             span = self._tracer.start_span(name, parent, _SERVER)
-            made = span.get_span_context()
-            if made.is_valid and not made.is_remote:
-                self._starter = self._global_starter()
+            if span is not _INVALID_SPAN:  # the no-op tracer's answer without a parent
+                made = span.get_span_context()
+                if made.is_valid and not made.is_remote:
+                    self._starter = self._global_starter()
         else:
             span = starter.start(name, parent, current=current)
         if self._publish_tracer:
