@@ -14,9 +14,10 @@ structlog events do not travel through `logging.LogRecord`s: they are rendered b
 structlog and written directly, which is about three times cheaper per line than the
 `ProcessorFormatter` round trip. stdlib records use `ProcessorFormatter` with the same
 processors as its ``foreign_pre_chain``. The access log, written once per request, goes
-one step further (`write_event`): while the production configuration installed here is
-in force, it applies the same processing to its event itself, without structlog's
-bound-logger machinery, and writes the identical line for about half the cost.
+one step further (`write_event`, `write_prepared_event`): while the production
+configuration installed here is in force, it applies the same processing to its event
+itself, without structlog's bound-logger machinery, redacting only the values it does not
+already know to be clean, and writes the identical line for a fraction of the cost.
 """
 
 from __future__ import annotations
