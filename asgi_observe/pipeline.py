@@ -20,9 +20,9 @@ already carry a request id.
 from __future__ import annotations
 
 from time import perf_counter
-from typing import Any
 
 from opentelemetry import context as otel_context
+from opentelemetry.trace import SpanContext
 
 from asgi_observe._asgi import relative_path
 from asgi_observe.logs.access import AccessLogMiddleware
@@ -109,7 +109,7 @@ class RequestPipeline:
             tracing = self._tracing
             if tracing is not None:
                 try:
-                    span, span_token, name, host, agent = tracing._start(scope)
+                    span, span_token, name, host, agent = tracing.start_request_span(scope)
                 except Exception:
                     report_once(
                         "start", "asgi_observe: starting the request span failed; not traced"
@@ -123,7 +123,7 @@ class RequestPipeline:
                                 message = with_request_id_header(message, header, wanted)
                             await send(message)
 
-                        await tracing._run_recorded(
+                        await tracing.run_sampled(
                             scope,
                             receive,
                             send_with_request_id,
@@ -149,7 +149,7 @@ class RequestPipeline:
         receive: Receive,
         send: Send,
         header: tuple[bytes, bytes],
-        span_context: Any,
+        span_context: SpanContext | None,
     ) -> None:
         """Metrics and the access line of one request, around the app, with one wrapper
         each for ``send`` and ``receive``."""
@@ -188,7 +188,9 @@ class RequestPipeline:
                         metrics.record_request(scope, status, elapsed, received, sent, span_context)
                     if status < 500:  # a 5xx line waits for the app's exception, if any
                         logged = True
-                        access._emit(scope, status, sent, elapsed, None)
+                        access.log_request(
+                            scope, status, sent, elapsed, None, span_context=span_context
+                        )
             elif kind == "http.response.start":
                 status = message["status"]
                 if counted is not None and metrics is not None:
@@ -198,7 +200,9 @@ class RequestPipeline:
                 elapsed = perf_counter() - start
                 if status < 500:
                     logged = True
-                    access._emit(scope, status, sent, elapsed, None)
+                    access.log_request(
+                        scope, status, sent, elapsed, None, span_context=span_context
+                    )
             await send(message)
 
         error: BaseException | None = None
@@ -210,8 +214,13 @@ class RequestPipeline:
         finally:
             finished = perf_counter() - start
             if not logged:
-                access._emit(
-                    scope, status or 500, sent, finished if elapsed is None else elapsed, error
+                access.log_request(
+                    scope,
+                    status or 500,
+                    sent,
+                    finished if elapsed is None else elapsed,
+                    error,
+                    span_context=span_context,
                 )
             if metrics is not None:
                 metrics.end_request(scope, counted)

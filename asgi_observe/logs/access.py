@@ -406,6 +406,8 @@ class AccessLogMiddleware:
             unchecked.append("error")
         return unchecked
 
+    log_request = _emit  # for `instrument()`'s one-layer path (asgi_observe.pipeline)
+
     async def _log_websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         """One line per websocket connection, written when the app returns or raises.
 

@@ -478,6 +478,10 @@ class TracingMiddleware:
                 span.end()
                 otel_context.detach(token)
 
+    # For `instrument()`'s one-layer path (asgi_observe.pipeline): the same steps, by name.
+    start_request_span = _start
+    run_sampled = _run_recorded
+
     async def _trace_websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         """One SERVER span per websocket connection, from the handshake to its end.
 
