@@ -192,7 +192,7 @@ def samples(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str
 
 
 async def serve(
-    build: Callable[[ASGIApp, CollectorRegistry, TracerProvider], ASGIApp],
+    build: Build,
     app: ASGIApp,
     scope: Scope,
     body: Sequence[bytes],
@@ -221,23 +221,33 @@ async def serve(
     return Outcome([comparable(m) for m in messages], error, access, samples(registry), spans)
 
 
-def one_layer(app: ASGIApp, registry: CollectorRegistry, provider: TracerProvider) -> ASGIApp:
-    served = instrument(
-        app,
-        Settings(environment="production"),
-        registry=registry,
-        tracer_provider=provider,
-        health=HealthApp(),
-    )
-    assert isinstance(served.pipeline, RequestPipeline)
-    return served
+Build = Callable[[ASGIApp, CollectorRegistry, TracerProvider], ASGIApp]
 
 
-def composed(app: ASGIApp, registry: CollectorRegistry, provider: TracerProvider) -> ASGIApp:
-    served = one_layer(app, registry, provider)
-    assert isinstance(served, ObservedApp)
-    assert isinstance(served.pipeline, RequestPipeline)
-    return served.pipeline.composed
+def one_layer_with(settings: Settings) -> Build:
+    def build(app: ASGIApp, registry: CollectorRegistry, provider: TracerProvider) -> ASGIApp:
+        served = instrument(
+            app, settings, registry=registry, tracer_provider=provider, health=HealthApp()
+        )
+        assert isinstance(served.pipeline, RequestPipeline)
+        return served
+
+    return build
+
+
+def composed_with(settings: Settings) -> Build:
+    def build(app: ASGIApp, registry: CollectorRegistry, provider: TracerProvider) -> ASGIApp:
+        served = one_layer_with(settings)(app, registry, provider)
+        assert isinstance(served, ObservedApp)
+        assert isinstance(served.pipeline, RequestPipeline)
+        return served.pipeline.composed
+
+    return build
+
+
+PRODUCTION = Settings(environment="production")
+one_layer = one_layer_with(PRODUCTION)
+composed = composed_with(PRODUCTION)
 
 
 @pytest.fixture
@@ -321,3 +331,51 @@ async def test_the_request_id_is_shared_by_header_log_and_context(
     assert seen == [header] == [line["request_id"]]
     assert line["trace_id"] is not None
     assert len(line["trace_id"]) == 32
+
+
+def _variants(tmp_path: Path) -> dict[str, Settings]:
+    return {
+        "metrics off": Settings(environment="production", enable_metrics=False),
+        "OTEL_SDK_DISABLED": Settings(environment="production", sdk_disabled=True),
+        "multiprocess gauges": Settings(
+            environment="production", prometheus_multiproc_dir=str(tmp_path)
+        ),
+    }
+
+
+@pytest.mark.parametrize("sampler", [ALWAYS_OFF, ALWAYS_ON], ids=["unsampled", "sampled"])
+@pytest.mark.parametrize("variant", ["metrics off", "OTEL_SDK_DISABLED", "multiprocess gauges"])
+@pytest.mark.parametrize(
+    "case", ["route", "unmatched", "body", "exception", "5xx without exception", "streamed"]
+)
+async def test_one_layer_serves_as_the_composed_stack_in_other_set_ups(  # noqa: PLR0917 - parameters and fixtures
+    case: str, variant: str, sampler: Sampler, file: Path, tmp_path: Path, json_logs: io.StringIO
+) -> None:
+    settings = _variants(tmp_path)[variant]
+    path, options, body = CASES[case]
+    app = starlette_app(file)
+    fused = await serve(
+        one_layer_with(settings),
+        app,
+        scope_for(path, **options),
+        body,
+        stream=json_logs,
+        sampler=sampler,
+    )
+    reference = await serve(
+        composed_with(settings),
+        app,
+        scope_for(path, **options),
+        body,
+        stream=json_logs,
+        sampler=sampler,
+    )
+    assert fused == reference
+    assert len(fused.access) == 1
+    assert bool(fused.samples) is (variant != "metrics off")
+    assert bool(fused.spans) is (variant != "OTEL_SDK_DISABLED" and sampler is ALWAYS_ON)
+    if variant == "multiprocess gauges":
+        # Counted as the response started (the series exists), and back to 0 at the end.
+        gauges = {k: v for k, v in fused.samples.items() if k[0] == "http_requests_in_progress"}
+        assert gauges
+        assert set(gauges.values()) == {0.0}
