@@ -9,12 +9,12 @@ their own methods to choose the request id, start the span, record the metrics a
 write the access line -- and only shares the bookkeeping: one ``send`` wrapper, one
 ``receive`` wrapper, one clock, one span context handed to the metrics and the log.
 
-Requests it does not take this way go through the composed middlewares unchanged, so
-the behaviour is theirs by construction: every scope other than HTTP (websockets,
-lifespan), requests a middleware excludes (the stack's own endpoints, probes, excluded
-paths and methods), requests whose span is sampled (recorded spans keep the tracing
-middleware's full path: attributes, hooks, header capture, status), and requests that
-already carry a request id.
+A request whose span is sampled gets the tracing middleware's full path (attributes,
+hooks, header capture, status) around this layer's metrics and access line. Requests it
+does not take go through the composed middlewares unchanged, so the behaviour is theirs
+by construction: every scope other than HTTP (websockets, lifespan), requests a
+middleware excludes (the stack's own endpoints, probes, excluded paths and methods),
+and requests that already carry a request id.
 """
 
 from __future__ import annotations
@@ -115,13 +115,22 @@ class RequestPipeline:
                         "start", "asgi_observe: starting the request span failed; not traced"
                     )
                 else:
+                    span_context = span.get_span_context()
                     if span.is_recording():
-                        # Sampled: the tracing middleware's full path, then the rest of
-                        # the composed stack below it.
+                        # Sampled: the tracing middleware's full path (attributes, hooks,
+                        # header capture) around this layer's metrics and access line; the
+                        # request id is added outside it, as in the composed stack.
                         async def send_with_request_id(message: Message) -> None:
                             if message["type"] == "http.response.start":
                                 message = with_request_id_header(message, header, wanted)
                             await send(message)
+
+                        async def observed(
+                            inner_scope: Scope, inner_receive: Receive, inner_send: Send
+                        ) -> None:
+                            await self._observe(
+                                inner_scope, inner_receive, inner_send, None, span_context
+                            )
 
                         await tracing.run_sampled(
                             scope,
@@ -132,9 +141,9 @@ class RequestPipeline:
                             name,
                             host,
                             agent,
+                            app=observed,
                         )
                         return
-                    span_context = span.get_span_context()
             try:
                 await self._observe(scope, receive, send, header, span_context)
             finally:
@@ -148,14 +157,14 @@ class RequestPipeline:
         scope: Scope,
         receive: Receive,
         send: Send,
-        header: tuple[bytes, bytes],
+        header: tuple[bytes, bytes] | None,
         span_context: SpanContext | None,
     ) -> None:
         """Metrics and the access line of one request, around the app, with one wrapper
-        each for ``send`` and ``receive``."""
+        each for ``send`` and ``receive``; the request-id `header` is added to the
+        response unless None (then the caller adds it)."""
         metrics = self._metrics
         access = self._access
-        wanted = header[0]
         status = 0
         received = 0
         sent = 0
@@ -195,7 +204,8 @@ class RequestPipeline:
                 status = message["status"]
                 if counted is not None and metrics is not None:
                     metrics.count_in_progress(scope, status, counted)
-                message = with_request_id_header(message, header, wanted)
+                if header is not None:
+                    message = with_request_id_header(message, header, header[0])
             elif kind == "http.response.pathsend" and elapsed is None:  # a file, sent whole
                 elapsed = perf_counter() - start
                 if status < 500:

@@ -438,8 +438,12 @@ class TracingMiddleware:
         name: str,
         host: bytes | None,
         agent: bytes | None,
+        *,
+        app: ASGIApp | None = None,
     ) -> None:
-        """The app under a sampled span: attributes, hooks, status, exception, end."""
+        """The app (`app`, by default the wrapped one) under a sampled span: attributes,
+        hooks, status, exception, end."""
+        inner = self.app if app is None else app
         attributes = self._opened(span, scope, name, host, agent, websocket=False)
         status = 0
         trace_header = self._traceresponse_value(span) if self._traceresponse else None
@@ -463,7 +467,7 @@ class TracingMiddleware:
 
         error: Exception | None = None
         try:
-            await self.app(scope, self._receive_for(span, scope, receive), send_recording_status)
+            await inner(scope, self._receive_for(span, scope, receive), send_recording_status)
         except Exception as exc:
             error = exc
             raise
