@@ -518,13 +518,9 @@ def write_event(
     logger then. `fields` becomes the event dict (it is changed in place). Exceptions of
     the processors propagate, as they would from the logger.
     """
-    production = _state.production
-    if production is None or not _in_force(production):
-        return False
-    if method_name not in production.enabled:
-        # Below the level: dropped, as the configured wrapper class would. Aliases
-        # (``warn``, ``exception``, ...) are left to the logger.
-        return method_name in _METHOD_LEVELS
+    production = _production_for(method_name)
+    if isinstance(production, bool):
+        return production
     logger = _loggers.get(name) or _logger_factory(name)
     event_dict: Any = None
     if plain_keys:
@@ -534,6 +530,19 @@ def write_event(
         return True
     _state.sink.write(str(production.renderer(logger, method_name, event_dict)))
     return True
+
+
+def _production_for(method_name: str) -> _Production | bool:
+    """The production pipeline in force, for an event logged with `method_name`; else
+    what `write_event` and `write_prepared_event` return: False when it is not in force
+    (use the logger), True when the level drops the event, as the configured wrapper
+    class would (aliases, ``warn``, ``exception``..., are left to the logger: False)."""
+    production = _state.production
+    if production is None or not _in_force(production):
+        return False
+    if method_name not in production.enabled:
+        return method_name in _METHOD_LEVELS
+    return production
 
 
 def _in_force(production: _Production) -> bool:
@@ -591,11 +600,9 @@ def write_prepared_event(
     renderer's. Returns False, with `fields` untouched, under any configuration other
     than `configure_logging`'s production one; `fields` becomes the event dict.
     """
-    production = _state.production
-    if production is None or not _in_force(production):
-        return False
-    if method_name not in production.enabled:
-        return method_name in _METHOD_LEVELS
+    production = _production_for(method_name)
+    if isinstance(production, bool):
+        return production
     logger = _loggers.get(name) or _logger_factory(name)
     fields["event"] = event
     own = len(fields)
