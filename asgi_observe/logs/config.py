@@ -623,11 +623,7 @@ def write_prepared_event(
         redact_plain_values(fields)
     if bound:
         fields.update(production.redactor(logger, method_name, bound))
-    fields["logger"] = logger.name
-    fields["level"] = method_name
-    event_dict = production.stamper(logger, method_name, fields)
-    if "span_id" not in event_dict:
-        event_dict = production.tracer(logger, method_name, event_dict)
+    event_dict = _add_own_keys(production, logger, method_name, fields)
     try:
         encoded = orjson.dumps(event_dict, option=ORJSON_OPTIONS)
     except (TypeError, ValueError, RecursionError, OverflowError):
@@ -637,6 +633,19 @@ def write_prepared_event(
     else:
         _state.sink.write(str(production.renderer(logger, method_name, event_dict)))
     return True
+
+
+def _add_own_keys(
+    production: _Production, logger: StreamLogger, method_name: str, fields: EventDict
+) -> EventDict:
+    """The chain's last steps, inline: ``logger`` and ``level`` (our method names are
+    their own level names), the timestamp, and trace ids only when ``span_id`` is absent."""
+    fields["logger"] = logger.name
+    fields["level"] = method_name
+    event_dict = production.stamper(logger, method_name, fields)
+    if "span_id" not in event_dict:
+        event_dict = production.tracer(logger, method_name, event_dict)
+    return event_dict
 
 
 # Bound keys that make a processor other than redaction act: left to the general path.
@@ -656,8 +665,7 @@ def _process_plain(
     Step by step what the chain does: ``merge_contextvars`` adds the bound keys missing
     from the event (after ``event``, in the context's order); nothing to format without
     ``exc_info``/``stack_info``; `PIIRedactor` redacts each value, which for plain keys
-    needs no key lookup; then ``logger`` and ``level`` (our method names are their own
-    level names), the timestamp, and trace ids only when ``span_id`` is absent.
+    needs no key lookup; then `_add_own_keys`.
     """
     bound: dict[str, Any] | None = None
     context = get_contextvars()
@@ -670,12 +678,7 @@ def _process_plain(
     redact_plain_values(fields)
     if bound is not None:
         fields.update(production.redactor(logger, method_name, bound))
-    fields["logger"] = logger.name
-    fields["level"] = method_name
-    event_dict = production.stamper(logger, method_name, fields)
-    if "span_id" not in event_dict:
-        event_dict = production.tracer(logger, method_name, event_dict)
-    return event_dict
+    return _add_own_keys(production, logger, method_name, fields)
 
 
 def get_logger(name: str | None = None) -> FilteringBoundLogger:
