@@ -247,7 +247,24 @@ def composed_with(settings: Settings) -> Build:
 
 PRODUCTION = Settings(environment="production")
 one_layer = one_layer_with(PRODUCTION)
-composed = composed_with(PRODUCTION)
+
+
+async def serve_both(  # noqa: PLR0917 - what one comparison needs
+    settings: Settings,
+    app: ASGIApp,
+    new_scope: Callable[[], Scope],
+    body: Sequence[bytes],
+    stream: io.StringIO,
+    sampler: Sampler,
+) -> tuple[Outcome, Outcome]:
+    """The same request through the one layer, then through the composed middlewares."""
+    fused = await serve(
+        one_layer_with(settings), app, new_scope(), body, stream=stream, sampler=sampler
+    )
+    reference = await serve(
+        composed_with(settings), app, new_scope(), body, stream=stream, sampler=sampler
+    )
+    return fused, reference
 
 
 @pytest.fixture
@@ -285,11 +302,8 @@ async def test_one_layer_serves_as_the_composed_stack(
 ) -> None:
     path, options, body = CASES[case]
     app = starlette_app(file)
-    fused = await serve(
-        one_layer, app, scope_for(path, **options), body, stream=json_logs, sampler=sampler
-    )
-    reference = await serve(
-        composed, app, scope_for(path, **options), body, stream=json_logs, sampler=sampler
+    fused, reference = await serve_both(
+        PRODUCTION, app, lambda: scope_for(path, **options), body, json_logs, sampler
     )
     assert fused == reference
     assert fused.access or path in ("/health/live", "/metrics")  # a line per app request
@@ -297,9 +311,8 @@ async def test_one_layer_serves_as_the_composed_stack(
 
 @pytest.mark.parametrize("app", [raw_raising_app, raw_start_then_raise])
 async def test_an_app_raising_is_recorded_alike(app: ASGIApp, json_logs: io.StringIO) -> None:
-    fused = await serve(one_layer, app, scope_for("/x"), [], stream=json_logs, sampler=ALWAYS_OFF)
-    reference = await serve(
-        composed, app, scope_for("/x"), [], stream=json_logs, sampler=ALWAYS_OFF
+    fused, reference = await serve_both(
+        PRODUCTION, app, lambda: scope_for("/x"), [], json_logs, ALWAYS_OFF
     )
     assert fused == reference
     assert fused.error is not None
@@ -354,21 +367,8 @@ async def test_one_layer_serves_as_the_composed_stack_in_other_set_ups(  # noqa:
     settings = _variants(tmp_path)[variant]
     path, options, body = CASES[case]
     app = starlette_app(file)
-    fused = await serve(
-        one_layer_with(settings),
-        app,
-        scope_for(path, **options),
-        body,
-        stream=json_logs,
-        sampler=sampler,
-    )
-    reference = await serve(
-        composed_with(settings),
-        app,
-        scope_for(path, **options),
-        body,
-        stream=json_logs,
-        sampler=sampler,
+    fused, reference = await serve_both(
+        settings, app, lambda: scope_for(path, **options), body, json_logs, sampler
     )
     assert fused == reference
     assert len(fused.access) == 1
