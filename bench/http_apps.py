@@ -23,7 +23,7 @@ import structlog
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, Sampler, TraceIdRatioBased
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -37,6 +37,7 @@ from asgi_observe.request_id import RequestIdMiddleware
 from asgi_observe.tracing import TracingMiddleware, setup_tracing
 from asgi_observe.types import ASGIApp, Message, Receive, Scope, Send
 from bench.bench_logging import HandWrittenAccessLog
+from bench.work_floor import WorkFloor
 
 __all__ = ["CONFIGS", "Config", "PassThrough", "bare_app"]
 
@@ -66,6 +67,8 @@ CONFIGS: tuple[Config, ...] = (
     Config("tracing_10", "TracingMiddleware, 10% sampled, OTLP/HTTP export", 0.1, exports=True),
     Config("instrument_10", "instrument(), 10% sampled, JSON access log", 0.1, True, True),
     Config("instrument_100", "instrument(), 100% sampled, JSON access log", 1.0, True, True),
+    Config("work_floor_10", "work floor (bench.work_floor), 10% sampled", 0.1, True, True),
+    Config("work_floor_100", "work floor (bench.work_floor), 100% sampled", 1.0, True, True),
     Config("correlation_id", "asgi-correlation-id CorrelationIdMiddleware"),
     Config("starlette_exporter", "starlette-exporter PrometheusMiddleware"),
     Config("instrumentator", "prometheus-fastapi-instrumentator"),
@@ -105,13 +108,21 @@ class PassThrough:
         await self.app(scope, receive_passed, send_passed)
 
 
-def _peer_provider() -> TracerProvider:
-    """What a user of the OpenTelemetry SDK alone would build: ratio sampler, OTLP/HTTP batch."""
-    ratio = float(os.environ.get("OTEL_TRACES_SAMPLER_ARG", "1.0"))
+def _sampling_ratio() -> float:
+    return float(os.environ.get("OTEL_TRACES_SAMPLER_ARG", "1.0"))
+
+
+def _otlp_provider(sampler: Sampler) -> TracerProvider:
+    """A provider exporting over OTLP/HTTP in batches to the benchmark's sink."""
     endpoint = os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"].rstrip("/") + "/v1/traces"
-    provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(ratio)))
+    provider = TracerProvider(sampler=sampler)
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
     return provider
+
+
+def _peer_provider() -> TracerProvider:
+    """What a user of the OpenTelemetry SDK alone would build: ratio sampler, OTLP/HTTP batch."""
+    return _otlp_provider(ParentBased(TraceIdRatioBased(_sampling_ratio())))
 
 
 def _structlog_to_stdout() -> None:
@@ -167,6 +178,16 @@ def create_instrument_10() -> ASGIApp:
 
 def create_instrument_100() -> ASGIApp:
     return create_instrument_10()  # the ratio comes from OTEL_TRACES_SAMPLER_ARG
+
+
+def create_work_floor_10() -> ASGIApp:
+    # The ratio is applied by the floor itself, once per request: the SDK keeps every span.
+    tracer = _otlp_provider(ALWAYS_ON).get_tracer("work-floor")
+    return WorkFloor(bare_app(), tracer=tracer, ratio=_sampling_ratio(), stream=sys.stdout)
+
+
+def create_work_floor_100() -> ASGIApp:
+    return create_work_floor_10()  # the ratio comes from OTEL_TRACES_SAMPLER_ARG
 
 
 def create_correlation_id() -> ASGIApp:
