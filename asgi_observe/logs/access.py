@@ -132,18 +132,6 @@ def _plain(text: str) -> bool:
     return uses_default_patterns() and redact_text(text) == text
 
 
-def _plain_token(value: object) -> bool:
-    """A string of 16 or more ASCII letters and digits with a letter in it (a generated
-    request id): one the default patterns leave alone (`uses_default_patterns`)."""
-    return (
-        type(value) is str
-        and len(value) >= 16
-        and value.isalnum()
-        and value.isascii()
-        and not value.isdigit()
-    )
-
-
 class AccessLogMiddleware:
     """One structured event per HTTP request, written when the response completes, and
     one per websocket connection, written when it ends (see `_log_websocket`).
@@ -298,11 +286,15 @@ class AccessLogMiddleware:
         try:
             if span_context is None:
                 span_context = get_current_span().get_span_context()
+            trace_id: str | None = None
+            span_id: str | None = None
             if span_context.is_valid:
-                trace_id: str | None = f"{span_context.trace_id:032x}"
-                span_id: str | None = f"{span_context.span_id:016x}"
-            else:
-                trace_id = span_id = None
+                try:  # the digits of f"{id:032x}" (a valid id fits), for less
+                    trace_id = span_context.trace_id.to_bytes(16, "big").hex()
+                    span_id = span_context.span_id.to_bytes(8, "big").hex()
+                except (AttributeError, OverflowError):  # not an int of that size
+                    trace_id = f"{span_context.trace_id:032x}"
+                    span_id = f"{span_context.span_id:016x}"
             request_id = scope.get(REQUEST_ID_KEY) or get_request_id()
             method = scope.get("method")
             method_plain = method in _METHODS
@@ -310,7 +302,16 @@ class AccessLogMiddleware:
                 method = _method(method)
             path, path_plain = self._checked_path(scope)
             route = resolve_route(scope, self._route_resolver, status=status)
-            client, client_plain = self._client_ip(scope)
+            # `_client_ip`'s memo, looked up here first: most lines come from known peers.
+            peer = scope.get("client")
+            memo_client = (
+                self._clients.get(peer[0])
+                if type(peer) is tuple and peer and not self._trusted and type(peer[0]) is str
+                else None
+            )
+            client, client_plain = (
+                memo_client if memo_client is not None else self._client_ip(scope)
+            )
             user_agent = None
             agent_plain = True
             for name, value in scope.get("headers") or ():
@@ -383,14 +384,22 @@ class AccessLogMiddleware:
         if not method_plain:
             unchecked.append("method")
         route = fields["route"]
-        if route is not None and not self._route_plain(route):
+        if route is not None and not (self._routes.get(route) or self._route_plain(route)):
             unchecked.append("route")
         if not client_plain:
             unchecked.append("client_ip")
         if not agent_plain:
             unchecked.append("user_agent")
         request_id = fields["request_id"]
-        if request_id is not None and not _plain_token(request_id):
+        # Plain: a string of 16 or more ASCII letters and digits with a letter in it (a
+        # generated id), which the default patterns leave alone (`uses_default_patterns`).
+        if request_id is not None and not (
+            type(request_id) is str
+            and len(request_id) >= 16
+            and request_id.isalnum()
+            and request_id.isascii()
+            and not request_id.isdigit()
+        ):
             if type(request_id) is not str:
                 return None
             unchecked.append("request_id")

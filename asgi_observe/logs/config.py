@@ -30,12 +30,14 @@ import logging
 import os
 import sys
 import threading
+from asyncio import get_running_loop
 from collections.abc import Collection
 from types import FrameType
 from typing import Any, TextIO
 
 import orjson
 import structlog
+from structlog import get_config
 from structlog.contextvars import (
     bind_contextvars,
     clear_contextvars,
@@ -135,12 +137,22 @@ class _Sink:
 
     def write(self, line: str) -> None:
         """Write `line` (without its newline): batched in a loop's thread, else at once."""
-        stream = self.stream if self.stream is not None else sys.stdout
+        stream = self.stream
+        if stream is None:
+            stream = sys.stdout
         try:
-            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+            loop: asyncio.AbstractEventLoop | None = get_running_loop()
         except RuntimeError:
             loop = None
         with self.lock:
+            if loop is not None and loop is self._writer_loop and stream is self._target:
+                # A batch for this stream is already waiting for this loop's write (a
+                # writer loop is set only while lines are buffered): join it.
+                self._lines.append(line)
+                self._size += len(line)
+                if self._size >= BATCH_LIMIT:
+                    self._flush_locked()
+                return
             # The stream's answer is kept: asked again only when the stream changes.
             has_fd = self._probed_has_fd if stream is self._probed else self._has_fd(stream)
             if loop is None or not has_fd:
@@ -538,22 +550,22 @@ def _production_for(method_name: str) -> _Production | bool:
     (use the logger), True when the level drops the event, as the configured wrapper
     class would (aliases, ``warn``, ``exception``..., are left to the logger: False)."""
     production = _state.production
-    if production is None or not _in_force(production):
+    if production is None:
         return False
-    if method_name not in production.enabled:
-        return method_name in _METHOD_LEVELS
-    return production
-
-
-def _in_force(production: _Production) -> bool:
-    """Whether structlog's configuration still holds exactly what `production` installed."""
-    config = structlog.get_config()
-    return (
+    # Whether structlog's configuration still holds exactly what `production` installed.
+    # Asked per line: ``structlog.configure``, ``reset_defaults`` or ``capture_logs``
+    # can come at any time, and ``get_config`` is structlog's only public view of it.
+    config = get_config()
+    if not (
         config["processors"] == production.processors
         and config["wrapper_class"] is production.wrapper_class
         and config["logger_factory"] is _logger_factory
         and config["context_class"] is dict
-    )
+    ):
+        return False
+    if method_name not in production.enabled:
+        return method_name in _METHOD_LEVELS
+    return production
 
 
 def _write_processed(

@@ -23,6 +23,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON
 from opentelemetry.trace import SpanContext, TraceFlags
+from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.requests import Request
@@ -30,7 +31,7 @@ from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from structlog.typing import EventDict
 
-from asgi_observe import pii
+from asgi_observe import instrument, pii
 from asgi_observe.logs import access as access_log
 from asgi_observe.logs import config as asgi_logging
 from asgi_observe.logs import processors as log_processors
@@ -909,3 +910,84 @@ async def test_a_span_context_passed_in_is_used_without_a_current_span(
         "00f067aa0ba902b7",
     )
     assert (second["trace_id"], second["span_id"]) == (None, None)
+
+
+async def test_incoming_request_ids_are_redacted_on_the_one_layer_path(
+    json_logs: io.StringIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The direct route leaves alone only ids no default pattern can match: an incoming
+    id the validator accepts can still be a card or phone number, and is redacted."""
+    direct: list[bool] = []
+    write = asgi_logging.write_prepared_event
+
+    def spy(*args: Any) -> bool:
+        written = write(*args)
+        direct.append(written)
+        return written
+
+    monkeypatch.setattr(access_log, "write_prepared_event", spy)
+    served = instrument(
+        _app(),
+        Settings(environment="production"),
+        registry=CollectorRegistry(),
+        tracer_provider=TracerProvider(sampler=ALWAYS_OFF),
+    )
+    sent = ["4111111111111111", "555-123-4567", "0123456789abcdefABCDEF", None]
+    async with _client(served) as client:
+        for request_id in sent:
+            headers = {"x-request-id": request_id} if request_id is not None else {}
+            response = await client.get("/items/1", headers=headers)
+            assert response.status_code == 200
+    access = [e for e in lines(json_logs) if e["logger"] == "asgi_observe.access"]
+    assert direct == [True] * len(sent)  # every line took the direct route
+    ids = [entry["request_id"] for entry in access]
+    assert ids[:3] == ["[REDACTED_CC]", "[REDACTED_PHONE]", "0123456789abcdefABCDEF"]
+    assert re.fullmatch(r"[0-9a-f]{32}", ids[3])  # generated here, written as is
+
+
+async def test_a_reconfiguration_after_configure_logging_takes_the_access_line(
+    json_logs: io.StringIO,
+) -> None:
+    """Whatever the user configures afterwards -- a logger factory, structlog's
+    defaults -- the access line goes through it, not through the direct route."""
+    middleware = AccessLogMiddleware(_app())
+    seen: list[str] = []
+
+    class Collecting:
+        name = "collecting"
+
+        def msg(self, message: str) -> None:
+            seen.append(message)
+
+        info = warning = error = msg
+
+    structlog.configure(logger_factory=lambda *args: Collecting())
+    await _call(middleware, _scope("/items/1"))
+    first = json.loads(seen[0])
+    assert (first["path"], first["logger"]) == ("/items/1", "collecting")
+
+    structlog.reset_defaults()
+    structlog.configure(
+        processors=[structlog.processors.JSONRenderer()],
+        logger_factory=lambda *args: Collecting(),
+    )
+    await _call(middleware, _scope("/items/2"))
+    last = json.loads(seen[-1])
+    assert (last["event"], last["path"]) == ("request", "/items/2")
+    assert "level" not in last  # the user's chain, not ours
+    assert "asgi_observe.access" not in json_logs.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("trace_id", "span_id"),
+    [(1, 1), (2**128 - 1, 2**64 - 1), (0x0A << 120, 0x0B << 56), (0xABC, 0xDEF)],
+)
+async def test_trace_and_span_ids_are_written_with_every_leading_zero(
+    json_logs: io.StringIO, trace_id: int, span_id: int
+) -> None:
+    context = SpanContext(
+        trace_id=trace_id, span_id=span_id, is_remote=False, trace_flags=TraceFlags(0)
+    )
+    AccessLogMiddleware(_app())._emit(_scope("/items/1"), 200, 3, 0.001, None, span_context=context)
+    (entry,) = [e for e in lines(json_logs) if e["logger"] == "asgi_observe.access"]
+    assert (entry["trace_id"], entry["span_id"]) == (f"{trace_id:032x}", f"{span_id:016x}")

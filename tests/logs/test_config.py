@@ -712,3 +712,31 @@ def test_id_shortcut_edges(text: str) -> None:
     for pattern, replacement in pii.PII_PATTERNS:
         expected = pattern.sub(replacement, expected)
     assert pii.redact_text(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("now", "expected"),
+    [
+        (1_700_000_000.0, "2023-11-14T22:13:20.000000Z"),
+        (1_700_000_000.000042, "2023-11-14T22:13:20.000041Z"),  # truncated, as %06d of int()
+        (1_700_000_000.5, "2023-11-14T22:13:20.500000Z"),
+        (1_700_000_001.999999, "2023-11-14T22:13:21.999999Z"),  # the next second's prefix
+        (1_700_000_000.25, "2023-11-14T22:13:20.250000Z"),  # and back: the prefix follows
+    ],
+)
+def test_utc_timestamps_are_iso_with_six_padded_microsecond_digits(
+    monkeypatch: pytest.MonkeyPatch, now: float, expected: str
+) -> None:
+    stamper = log_processors.UTCTimeStamper()
+    for moment in (1_700_000_001.5, now):  # a prefix cached for another second first
+        monkeypatch.setattr(
+            log_processors,
+            "time",
+            SimpleNamespace(time=lambda m=moment: m, strftime=time.strftime, gmtime=time.gmtime),
+        )
+        stamped = stamper(None, "info", {})
+    assert stamped == {"timestamp": expected}
+    assert stamped["timestamp"] == "{}.{:06d}Z".format(
+        time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(int(now))),
+        int((now - int(now)) * 1_000_000),
+    )
