@@ -46,16 +46,25 @@ class RequestPipeline:
     """The composed stack `composed`, with its common HTTP requests served in one layer.
 
     Args:
-        composed: request id → tracing → metrics → access log → `app`, as built by
-            `instrument()`; serves every request this layer does not take itself.
-        app: the innermost app (the stack's path dispatch in front of the user's app).
+        composed: request id → tracing → metrics → access log → path dispatch → `app`,
+            as built by `instrument()`; serves every request this layer does not take.
+        app: the app the requests this layer takes are served by: the user's app, since
+            the stack's own endpoints (`own_paths`, `own_prefix`) are left to `composed`.
         request_id: the request-id middleware of `composed`.
         tracing: its tracing middleware (None without tracing).
         metrics: its metrics middleware (None without metrics).
         access: its access-log middleware.
-        own_paths: paths (below ``root_path``) served by `app` itself rather than the
-            user's app (``/metrics``...), and `own_prefix` the prefix of the mounted
+        own_paths: paths (below ``root_path``) served by the stack itself rather than
+            the user's app (``/metrics``...), and `own_prefix` the prefix of the mounted
             health app: left to `composed`.
+        excluded_paths: every exact path (below ``root_path``) that the access log, the
+            metrics or the tracing middleware excludes, as `instrument()` configured
+            them; with `excluded_methods` (the methods the metrics exclude, upper case)
+            it replaces asking each middleware's ``excludes`` per request. None (the
+            default) asks them. Behind a ``root_path`` the middlewares' own rules are
+            always asked (the access log strips it by another rule), and so is the
+            tracing middleware when `url_patterns` says its exclusions include
+            regular expressions.
     """
 
     def __init__(
@@ -69,6 +78,9 @@ class RequestPipeline:
         access: AccessLogMiddleware,
         own_paths: frozenset[str] = frozenset(),
         own_prefix: str | None = None,
+        excluded_paths: frozenset[str] | None = None,
+        excluded_methods: frozenset[str] = frozenset(),
+        url_patterns: bool = True,
     ) -> None:
         self.composed = composed
         self.app = app
@@ -78,11 +90,34 @@ class RequestPipeline:
         self._access = access
         self._own_paths = own_paths
         self._own_prefix = own_prefix
+        # The whole test of `_takes` for a request outside any root_path, decided here
+        # once: one set lookup (paths), one prefix test, one method lookup.
+        self._skipped = None if excluded_paths is None else own_paths | excluded_paths
+        self._skipped_prefix = None if own_prefix is None else own_prefix + "/"
+        self._skipped_methods = excluded_methods
+        self._tracing_patterns = tracing is not None and url_patterns
 
     def _takes(self, scope: Scope) -> bool:
         """Whether `scope` is an HTTP request no middleware treats specially."""
         if scope["type"] != "http" or SCOPE_KEY in scope:
             return False
+        skipped = self._skipped
+        if skipped is None or scope.get("root_path"):
+            return self._takes_asking(scope)
+        path: str = scope["path"]
+        if path in skipped:
+            return False
+        prefix = self._skipped_prefix
+        if prefix is not None and (path.startswith(prefix) or path == self._own_prefix):
+            return False
+        methods = self._skipped_methods
+        if methods and scope.get("method") in methods:
+            return False
+        tracing = self._tracing
+        return not (self._tracing_patterns and tracing is not None and tracing.excludes(scope))
+
+    def _takes_asking(self, scope: Scope) -> bool:
+        """`_takes` for an HTTP request without a request id, by each middleware's rule."""
         path = relative_path(scope)
         if path in self._own_paths:
             return False

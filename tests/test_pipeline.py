@@ -379,3 +379,80 @@ async def test_one_layer_serves_as_the_composed_stack_in_other_set_ups(  # noqa:
         gauges = {k: v for k, v in fused.samples.items() if k[0] == "http_requests_in_progress"}
         assert gauges
         assert set(gauges.values()) == {0.0}
+
+
+EXCLUDING = Settings(
+    environment="production",
+    access_log_exclude_paths=("/quiet",),
+    metrics_exclude_paths=("/unmetered",),
+    metrics_exclude_methods=("options",),  # compared in upper case, as the metrics do
+)
+# Nothing excludes the stack's own endpoints here: the one layer must still leave them.
+PATTERNS = Settings(
+    environment="production", excluded_urls=("untraced",), access_log_exclude_paths=()
+)
+
+# settings, path (below root_path), method, whether a middleware excludes the request
+# (or the stack serves it itself), so that the one layer must leave it to them.
+EXCLUSION_CASES: dict[str, tuple[Settings, str, str, bool]] = {
+    "app route": (EXCLUDING, "/items/1", "GET", False),
+    "access log exclusion": (EXCLUDING, "/quiet", "GET", True),
+    "metrics exclusion": (EXCLUDING, "/unmetered", "GET", True),
+    "metrics method exclusion": (EXCLUDING, "/items/1", "OPTIONS", True),
+    "metrics endpoint": (EXCLUDING, "/metrics", "GET", True),
+    "health mount": (EXCLUDING, "/health", "GET", True),
+    "health probe": (EXCLUDING, "/health/live", "GET", True),
+    "a path that only starts like the health mount": (EXCLUDING, "/healthcare", "GET", False),
+    "tracing exclusion": (EXCLUDING, "/favicon.ico", "GET", True),
+    "tracing pattern": (PATTERNS, "/items/untraced", "GET", True),
+    "no pattern matches": (PATTERNS, "/items/1", "GET", False),
+    "traced once patterns replace the defaults": (PATTERNS, "/favicon.ico", "GET", False),
+    "own endpoint, excluded by no middleware": (PATTERNS, "/metrics", "GET", True),
+    "health mount, excluded by no middleware": (PATTERNS, "/health", "GET", True),
+    "health probe, excluded by no middleware": (PATTERNS, "/health/ready", "GET", True),
+}
+
+
+@pytest.mark.parametrize("root_path", ["", "/api"], ids=["no root_path", "under root_path"])
+@pytest.mark.parametrize("case", EXCLUSION_CASES)
+async def test_the_one_layer_leaves_exactly_the_excluded_requests_to_the_middlewares(
+    case: str, root_path: str, file: Path, json_logs: io.StringIO
+) -> None:
+    """The one layer decides which requests it takes from the exclusions `instrument()`
+    gave the middlewares (one lookup), or, behind a root_path, by asking each of them:
+    either way it takes exactly the requests none of them excludes."""
+    settings, path, method, excluded = EXCLUSION_CASES[case]
+    fell_back: list[str] = []
+
+    def spied(app: ASGIApp, registry: CollectorRegistry, provider: TracerProvider) -> ASGIApp:
+        served = one_layer_with(settings)(app, registry, provider)
+        assert isinstance(served, ObservedApp)
+        assert isinstance(served.pipeline, RequestPipeline)
+        composed = served.pipeline.composed
+
+        async def recording(scope: Scope, receive: Receive, send: Send) -> None:
+            fell_back.append(scope["path"])
+            await composed(scope, receive, send)
+
+        served.pipeline.composed = recording
+        return served
+
+    def new_scope() -> Scope:
+        return scope_for(path, method=method, root_path=root_path)
+
+    fused = await serve(
+        spied, starlette_app(file), new_scope(), [], stream=json_logs, sampler=ALWAYS_OFF
+    )
+    reference = await serve(
+        composed_with(settings),
+        starlette_app(file),
+        new_scope(),
+        [],
+        stream=json_logs,
+        sampler=ALWAYS_OFF,
+    )
+    if path == "/health":  # the report's body has a timestamp and the uptime
+        for outcome in (fused, reference):
+            outcome.messages = [m for m in outcome.messages if m["type"] != "http.response.body"]
+    assert fused == reference
+    assert fell_back == ([root_path + path] if excluded else [])

@@ -366,11 +366,13 @@ class TracingMiddleware:
         else:
             span = starter.start(name, parent, current=current)
         if self._publish_tracer:
-            current = (
-                self._with_app_tracer(current)
-                if parent is None
-                else otel_context.set_value(TRACER_CONTEXT_KEY, self._app_tracer, current)
-            )
+            published = self._published  # `_with_app_tracer`'s memo, read without a call
+            if parent is not None:
+                current = otel_context.set_value(TRACER_CONTEXT_KEY, self._app_tracer, current)
+            elif published is not None and published[0] is current:
+                current = published[1]
+            else:
+                current = self._with_app_tracer(current)
         token = otel_context.attach(trace.set_span_in_context(span, current))
         return span, token, name, host, agent
 

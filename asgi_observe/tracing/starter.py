@@ -192,6 +192,11 @@ class SpanStarter:
         self.tracer = tracer
         self._sdk_tracer: Tracer | None = None
         self._generator: TraceIdHandover | None = None
+        # (a context, the trace id of its valid span or None, that span's random-trace-id
+        # bit): what `start` read from the last context it was given. Contexts are
+        # immutable, and most requests start from the same one (the empty context, as
+        # no parent came), so its span is looked up once, not per request.
+        self._parent: tuple[otel_context.Context | None, int | None, int] = (None, None, 0)
         if not isinstance(tracer, Tracer):
             return
         generator = tracer.id_generator
@@ -237,19 +242,27 @@ class SpanStarter:
         # For the built-in samplers (all that get here) a context and None standing
         # for it are one and the same: they read nothing but its span.
         context = parent if current is None else current
-        found: object = trace.get_current_span(context).get_span_context()
-        if not isinstance(found, SpanContext):  # a span of a foreign kind: the SDK decides
-            return tracer.start_span(name, parent, _SERVER)
-        parent_span_context = found
-        # As the SDK's Tracer.start_span: a valid parent gives its trace id and its
-        # random-trace-id bit; otherwise a new, random, trace id.
-        if parent_span_context.is_valid:
-            trace_id = parent_span_context.trace_id
-            random = parent_span_context.trace_flags & _RANDOM_TRACE_ID
-            drawn = False
-        else:
+        known, parent_trace_id, random = self._parent
+        if context is None or known is not context:
+            found: object = trace.get_current_span(context).get_span_context()
+            if not isinstance(found, SpanContext):  # a span of a foreign kind: the SDK decides
+                return tracer.start_span(name, parent, _SERVER)
+            # As the SDK's Tracer.start_span: a valid parent gives its trace id and its
+            # random-trace-id bit; otherwise a new, random, trace id.
+            if found.is_valid:
+                parent_trace_id = found.trace_id
+                random = found.trace_flags & _RANDOM_TRACE_ID
+            else:
+                parent_trace_id = None
+                random = _RANDOM_TRACE_ID
+            if context is not None:  # None stands for whatever context is current
+                self._parent = (context, parent_trace_id, random)
+        if parent_trace_id is None:
             trace_id = generator.draw_trace_id()
-            random = drawn = True
+            drawn = True
+        else:
+            trace_id = parent_trace_id
+            drawn = False
         result = generator.sampler.should_sample(context, trace_id, name, _SERVER, None, ())
         if result.decision is not _DROP:  # recorded: the SDK's own path
             # The SDK records it, with the same trace id; it asks the sampler again,

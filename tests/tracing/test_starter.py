@@ -196,6 +196,57 @@ async def test_unsampled_context_is_the_sdks(
     assert exporter.get_finished_spans() == ()
 
 
+def _remote_parent(trace_id: int, flags: int) -> otel_context.Context:
+    parent = SpanContext(
+        trace_id, PARENT_SPAN_ID, is_remote=True, trace_flags=trace.TraceFlags(flags)
+    )
+    return trace.set_span_in_context(NonRecordingSpan(parent), otel_context.Context())
+
+
+def test_each_context_gives_its_own_parent_whatever_came_before(
+    built: list[TracerProvider],
+) -> None:
+    """The starter remembers what it read from the last context: reused for that same
+    context only, never for another one, nor for None (whatever context is current)."""
+    provider, _ = ours(built, "parentbased_traceidratio", 0.0)
+    spans = SpanStarter(provider.get_tracer(INSTRUMENTATION_NAME))
+    assert spans.fast
+    root = otel_context.Context()
+    level1 = _remote_parent(TRACE_ID, 0x00)
+    level2 = _remote_parent(TRACE_ID + 1, 0x02)  # W3C level 2: random trace id
+
+    def started(parent: otel_context.Context | None) -> SpanContext:
+        span = spans.start("GET", parent)
+        assert not span.is_recording()
+        return span.get_span_context()
+
+    roots = [started(root) for _ in range(3)]
+    assert len({context.trace_id for context in roots}) == 3  # each root draws its own
+    assert {context.trace_id for context in roots}.isdisjoint({TRACE_ID, TRACE_ID + 1})
+    for parent, trace_id, flags in [
+        (level1, TRACE_ID, 0x00),
+        (level1, TRACE_ID, 0x00),
+        (level2, TRACE_ID + 1, 0x02),
+        (level1, TRACE_ID, 0x00),
+    ]:
+        context = started(parent)
+        assert (context.trace_id, context.trace_flags) == (trace_id, flags)
+    after = started(root)
+    assert after.trace_id not in {TRACE_ID, TRACE_ID + 1, *(c.trace_id for c in roots)}
+    assert after.trace_flags == 0x02  # a root's trace id is random
+    # None stands for the current context, read at each call: never a remembered one.
+    token = otel_context.attach(level2)
+    try:
+        assert started(None).trace_id == TRACE_ID + 1
+        assert started(level2).trace_id == TRACE_ID + 1
+    finally:
+        otel_context.detach(token)
+    assert started(None).trace_id != TRACE_ID + 1
+    assert started(level2).trace_id == TRACE_ID + 1
+    # Passed as `current` (the context `parent` stands for), the same rule holds.
+    assert spans.start("GET", None, current=level1).get_span_context().trace_id == TRACE_ID
+
+
 async def test_log_lines_of_unsampled_requests_carry_their_ids(
     built: list[TracerProvider],
 ) -> None:
