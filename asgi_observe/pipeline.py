@@ -57,14 +57,13 @@ class RequestPipeline:
         own_paths: paths (below ``root_path``) served by the stack itself rather than
             the user's app (``/metrics``...), and `own_prefix` the prefix of the mounted
             health app: left to `composed`.
-        excluded_paths: every exact path (below ``root_path``) that the access log, the
-            metrics or the tracing middleware excludes, as `instrument()` configured
-            them; with `excluded_methods` (the methods the metrics exclude, upper case)
-            it replaces asking each middleware's ``excludes`` per request. None (the
-            default) asks them. Behind a ``root_path`` the middlewares' own rules are
-            always asked (the access log strips it by another rule), and so is the
-            tracing middleware when `url_patterns` says its exclusions include
-            regular expressions.
+
+    Which requests the layer leaves to `composed` is decided per request by one set
+    lookup: the own paths and the exact paths and methods each middleware says it
+    excludes (their ``excluded_paths``, ``excluded_methods``), gathered once here.
+    Behind a ``root_path`` each middleware's own ``excludes`` is asked instead (the
+    access log strips the prefix by a rule of its own), and the tracing middleware's
+    always when URL patterns exclude requests too.
     """
 
     def __init__(
@@ -78,9 +77,6 @@ class RequestPipeline:
         access: AccessLogMiddleware,
         own_paths: frozenset[str] = frozenset(),
         own_prefix: str | None = None,
-        excluded_paths: frozenset[str] | None = None,
-        excluded_methods: frozenset[str] = frozenset(),
-        url_patterns: bool = True,
     ) -> None:
         self.composed = composed
         self.app = app
@@ -92,20 +88,24 @@ class RequestPipeline:
         self._own_prefix = own_prefix
         # The whole test of `_takes` for a request outside any root_path, decided here
         # once: one set lookup (paths), one prefix test, one method lookup.
-        self._skipped = None if excluded_paths is None else own_paths | excluded_paths
+        skipped = own_paths | access.excluded_paths
+        if metrics is not None:
+            skipped |= metrics.excluded_paths
+        if tracing is not None:
+            skipped |= tracing.excluded_paths
+        self._skipped = skipped
         self._skipped_prefix = None if own_prefix is None else own_prefix + "/"
-        self._skipped_methods = excluded_methods
-        self._tracing_patterns = tracing is not None and url_patterns
+        self._skipped_methods = frozenset() if metrics is None else metrics.excluded_methods
+        self._tracing_patterns = tracing is not None and tracing.excludes_by_pattern
 
     def _takes(self, scope: Scope) -> bool:
         """Whether `scope` is an HTTP request no middleware treats specially."""
         if scope["type"] != "http" or SCOPE_KEY in scope:
             return False
-        skipped = self._skipped
-        if skipped is None or scope.get("root_path"):
+        if scope.get("root_path"):
             return self._takes_asking(scope)
         path: str = scope["path"]
-        if path in skipped:
+        if path in self._skipped:
             return False
         prefix = self._skipped_prefix
         if prefix is not None and (path.startswith(prefix) or path == self._own_prefix):

@@ -329,17 +329,15 @@ def instrument(
             instrumentator_compat=settings.metrics_instrumentator_compat,
         )
     tracing: TracingMiddleware | None = None
-    traced_paths: tuple[str, ...] = ()
     if not settings.sdk_disabled:  # OTEL_SDK_DISABLED: no spans, nothing else changes
         # The built-in exclusions are exact paths (``/healthcare`` stays traced); patterns
         # set through OTEL_PYTHON_*EXCLUDED_URLS keep opentelemetry-util-http's meaning.
         default_exclusions = settings.excluded_urls == DEFAULT_EXCLUDED_URLS
-        traced_paths = DEFAULT_EXCLUDED_URLS if default_exclusions else ()
         stack = tracing = TracingMiddleware(
             stack,
             tracer_provider=provider,
             excluded_urls=None if default_exclusions else settings.excluded_urls,
-            excluded_paths=traced_paths,
+            excluded_paths=DEFAULT_EXCLUDED_URLS if default_exclusions else (),
             trusted_proxies=settings.trusted_proxies,
             route_resolver=route_resolver,
             http_capture_headers_server_request=settings.http_capture_headers_server_request,
@@ -347,14 +345,6 @@ def instrument(
             http_capture_headers_sanitize_fields=settings.http_capture_headers_sanitize_fields,
         )
     request_id = RequestIdMiddleware(stack, header_name=settings.request_id_header)
-    # The exact paths and methods the middlewares above were given, for the one layer
-    # to tell in one lookup which requests it leaves to them (tested against their
-    # own rules in tests/test_pipeline.py).
-    excluded_paths = frozenset(settings.access_log_exclude_paths).union(traced_paths)
-    excluded_methods: frozenset[str] = frozenset()
-    if metrics is not None:
-        excluded_paths = excluded_paths.union(settings.metrics_exclude_paths)
-        excluded_methods = frozenset(method.upper() for method in settings.metrics_exclude_methods)
     pipeline = RequestPipeline(
         request_id,
         # The requests it takes never reach the stack's own endpoints (own_paths,
@@ -366,9 +356,6 @@ def instrument(
         access=access,
         own_paths=frozenset(endpoints),
         own_prefix=HEALTH_PATH if health is not None else None,
-        excluded_paths=excluded_paths,
-        excluded_methods=excluded_methods,
-        url_patterns=tracing is not None and not traced_paths,
     )
     return ObservedApp(
         LifespanHooks(pipeline, startup=startup, shutdown=shutdown),

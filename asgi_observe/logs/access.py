@@ -454,6 +454,11 @@ class AccessLogMiddleware:
             session.end()
             self._emit_websocket(scope, session, error)
 
+    @property
+    def excluded_paths(self) -> frozenset[str]:
+        """The exact paths (below ``root_path``) that get no line: `excludes`' rule."""
+        return self._exclude
+
     def excludes(self, scope: Scope) -> bool:
         """Whether the request `scope` gets no access-log line (`exclude_paths`)."""
         return bool(self._exclude) and self._relative_path(scope) in self._exclude

@@ -274,6 +274,16 @@ class MetricsMiddleware:
         except Exception:
             logger.exception("asgi_observe: failed to record HTTP metrics")
 
+    @property
+    def excluded_paths(self) -> frozenset[str]:
+        """The exact paths (below ``root_path``) not measured: half of `excludes`' rule."""
+        return self._exclude
+
+    @property
+    def excluded_methods(self) -> frozenset[str]:
+        """The methods (upper case) not measured: the other half of `excludes`' rule."""
+        return self._exclude_methods
+
     def excludes(self, scope: Scope, path: str) -> bool:
         """Whether the HTTP request `scope`, at `path` below ``root_path``, is not measured."""
         return path in self._exclude or (

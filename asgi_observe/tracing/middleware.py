@@ -303,6 +303,17 @@ class TracingMiddleware:
         self._fields = (propagator, fields)
         return fields
 
+    @property
+    def excluded_paths(self) -> frozenset[str]:
+        """The exact paths (below ``root_path``) that get no span."""
+        return self._excluded_paths
+
+    @property
+    def excludes_by_pattern(self) -> bool:
+        """Whether URL patterns (``excluded_urls``) exclude requests too: then only
+        `excludes` tells, as the patterns are searched in the whole URL."""
+        return self._excluded is not None
+
     def excludes(self, scope: Scope) -> bool:
         """Whether the request `scope` gets no span (excluded paths and URL patterns)."""
         return (self._excluded is not None or bool(self._excluded_paths)) and self._is_excluded(
