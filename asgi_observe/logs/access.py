@@ -126,6 +126,11 @@ def _method(method: Any) -> str:
     return escape_control(str(method or ""), 32)
 
 
+# The shapes of ``scope["client"]`` whose host `_client_ip` memoises (a constant: a set
+# display of names is built anew on every call).
+_PEER_TYPES = frozenset({tuple, list})
+
+
 def _plain(text: str) -> bool:
     """Whether the log pipeline's redaction leaves `text` as it is, under the default
     patterns (False under others: nothing is known then). Asked once per memoised value."""
@@ -302,16 +307,7 @@ class AccessLogMiddleware:
                 method = _method(method)
             path, path_plain = self._checked_path(scope)
             route = resolve_route(scope, self._route_resolver, status=status)
-            # `_client_ip`'s memo, looked up here first: most lines come from known peers.
-            peer = scope.get("client")
-            memo_client = (
-                self._clients.get(peer[0])
-                if type(peer) is tuple and peer and not self._trusted and type(peer[0]) is str
-                else None
-            )
-            client, client_plain = (
-                memo_client if memo_client is not None else self._client_ip(scope)
-            )
+            client, client_plain = self._client_ip(scope)
             user_agent = None
             agent_plain = True
             for name, value in scope.get("headers") or ():
@@ -384,7 +380,7 @@ class AccessLogMiddleware:
         if not method_plain:
             unchecked.append("method")
         route = fields["route"]
-        if route is not None and not (self._routes.get(route) or self._route_plain(route)):
+        if route is not None and not self._route_plain(route):
             unchecked.append("route")
         if not client_plain:
             unchecked.append("client_ip")
@@ -508,7 +504,7 @@ class AccessLogMiddleware:
         """`asgi_observe.net.client_ip`, memoised per peer host when no proxy is trusted,
         and whether the text is plain (`_plain`; known only for memoised addresses)."""
         client = scope.get("client")
-        if self._trusted or type(client) not in {tuple, list} or not client:
+        if self._trusted or type(client) not in _PEER_TYPES or not client:
             found = client_ip(scope, self._trusted)
             return found, found is None
         host = client[0]
